@@ -1,0 +1,41 @@
+"""gleitzeit: durable task graphs for Celery."""
+
+from gleitzeit.client import Client, Run
+from gleitzeit.errors import (
+    GleitzeitError,
+    IdempotencyConflict,
+    ReferenceResolutionError,
+    ResultError,
+    RunNotFound,
+    RunTimeout,
+    StorageFailure,
+    WorkflowFailed,
+    WorkflowValidationError,
+)
+from gleitzeit.policy import Backoff
+from gleitzeit.resolver import DependencyResolver
+from gleitzeit.settings import Settings
+from gleitzeit.states import RunState, TaskState
+from gleitzeit.workflow import TaskHandle, Workflow, task
+
+__all__ = [
+    "Backoff",
+    "Client",
+    "DependencyResolver",
+    "GleitzeitError",
+    "IdempotencyConflict",
+    "ReferenceResolutionError",
+    "ResultError",
+    "Run",
+    "RunNotFound",
+    "RunState",
+    "RunTimeout",
+    "Settings",
+    "StorageFailure",
+    "TaskHandle",
+    "TaskState",
+    "Workflow",
+    "WorkflowFailed",
+    "WorkflowValidationError",
+    "task",
+]

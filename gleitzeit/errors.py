@@ -1,0 +1,95 @@
+"""One exception tree for everything gleitzeit raises.
+
+Foreign exceptions (SQLAlchemy, kombu, Celery) are translated at the boundary that
+meets them, with the original kept as ``__cause__``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+
+class GleitzeitError(Exception):
+    """Root of every exception gleitzeit raises."""
+
+
+class WorkflowValidationError(GleitzeitError, ValueError):
+    """A workflow definition is invalid; ``.problems`` lists every problem found."""
+
+    def __init__(self, problems: Iterable[str], *, workflow: str | None = None) -> None:
+        self.problems: list[str] = list(problems)
+        self.workflow = workflow
+        where = f"workflow {workflow!r}" if workflow else "workflow"
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"{where} is invalid ({count} {noun}):\n{lines}")
+
+
+class ReferenceResolutionError(GleitzeitError):
+    """A ``${...}`` reference could not be resolved when its task was about to run."""
+
+
+class ResultError(GleitzeitError):
+    """A task's result cannot be stored: it is not JSON or exceeds the size limit."""
+
+
+class ParamsError(GleitzeitError, ValueError):
+    """Params or inputs given to a workflow cannot be stored: they are not JSON."""
+
+
+class IdempotencyConflict(GleitzeitError):
+    """A submission reused a key that names a run with another graph or other inputs."""
+
+    def __init__(self, key: str, run_id: str, differs: Iterable[str]) -> None:
+        self.key = key
+        self.run_id = run_id
+        self.differs = list(differs)
+        super().__init__(
+            f"key {key!r} already names run {run_id} with a different "
+            f"{' and '.join(self.differs)}"
+        )
+
+
+class RunNotFound(GleitzeitError, KeyError):
+    """No run with that id exists in the store."""
+
+    def __str__(self) -> str:
+        return f"no run with id {self.args[0]!r}"
+
+
+class WorkflowFailed(GleitzeitError):
+    """A run ended ``failed`` or ``cancelled``; ``.errors`` maps task id to its error."""
+
+    def __init__(self, run_id: str, status: str, errors: Mapping[str, str]) -> None:
+        self.run_id = run_id
+        self.status = status
+        self.errors = dict(errors)
+        detail = "; ".join(f"{task}: {err}" for task, err in self.errors.items())
+        super().__init__(f"run {run_id} ended {status}" + (f": {detail}" if detail else ""))
+
+
+class RunTimeout(GleitzeitError, TimeoutError):
+    """``Run.wait`` gave up before the run ended."""
+
+
+class StorageFailure(GleitzeitError):
+    """The SQL store failed; the SQLAlchemy error is the ``__cause__``."""
+
+
+class DispatchFailure(GleitzeitError):
+    """A task message could not be published to the broker; the cause is kept."""
+
+
+class InvalidTransition(GleitzeitError):
+    """A state change that the state machine does not allow."""
+
+    def __init__(self, kind: str, old: str, new: str) -> None:
+        super().__init__(f"{kind} cannot go from {old!r} to {new!r}")
+
+
+def describe(value: Any) -> str:
+    """Short, safe ``repr`` for error messages."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,83 @@
+"""Retry policy as pure functions: how long to wait, and whether an error is retried."""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Backoff:
+    """Exponential backoff between attempts: ``base * factor**(n-1)``, capped, with jitter.
+
+    With ``jitter`` the delay is drawn uniformly from ``[delay/2, delay]`` so that tasks
+    failing together do not retry together.
+    """
+
+    base: float = 1.0
+    factor: float = 2.0
+    cap: float = 300.0
+    jitter: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def coerce(cls, value: Backoff | Mapping[str, Any] | float | int | None) -> Backoff:
+        """Accept a ``Backoff``, a dict of its fields, a base delay in seconds, or ``None``."""
+        if value is None:
+            return cls()
+        if isinstance(value, Backoff):
+            return value
+        if isinstance(value, bool):
+            raise TypeError(f"backoff must be seconds or a Backoff, not {value!r}")
+        if isinstance(value, (int, float)):
+            return cls(base=float(value))
+        unknown = set(value) - {"base", "factor", "cap", "jitter"}
+        if unknown:
+            raise TypeError(f"backoff has unknown fields {sorted(unknown)}")
+        return cls(**value)
+
+
+def compute_backoff(
+    failed_attempts: int, backoff: Backoff, *, rng: random.Random | None = None
+) -> float:
+    """Seconds to wait before the next attempt, after ``failed_attempts`` failures (>= 1)."""
+    exponent = max(failed_attempts - 1, 0)
+    delay = min(backoff.cap, backoff.base * backoff.factor**exponent)
+    if backoff.jitter and delay > 0:
+        draw = (rng or random).uniform(0.5, 1.0)
+        delay *= draw
+    return max(delay, 0.0)
+
+
+def exception_names(exc: BaseException) -> set[str]:
+    """Every name an exception answers to: its classes' simple and qualified names."""
+    names: set[str] = set()
+    for cls in type(exc).__mro__:
+        names.add(cls.__name__)
+        names.add(f"{cls.__module__}.{cls.__qualname__}")
+    return names
+
+
+def type_name(exc_type: type[BaseException]) -> str:
+    """How an exception class is named in ``retry_on``: ``module.QualName``."""
+    module = exc_type.__module__
+    return exc_type.__qualname__ if module == "builtins" else f"{module}.{exc_type.__qualname__}"
+
+
+def should_retry(
+    exc: BaseException, *, attempt: int, retries: int, retry_on: Iterable[str]
+) -> bool:
+    """Whether attempt number ``attempt`` (1-based) that raised ``exc`` gets another try.
+
+    An empty ``retry_on`` retries every ``Exception``.
+    """
+    if attempt > retries:
+        return False
+    wanted = set(retry_on)
+    if not wanted:
+        return isinstance(exc, Exception)
+    return bool(wanted & exception_names(exc))

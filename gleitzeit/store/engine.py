@@ -1,0 +1,88 @@
+"""Engines for the store: SQLite tuned for many writer processes, PostgreSQL as is.
+
+SQLite has no row locks, so every write transaction starts with ``BEGIN IMMEDIATE``
+(the write lock is taken up front instead of failing on upgrade), in WAL mode with a
+busy timeout. Read-only work opts out with the ``gz_read`` execution option.
+
+Engines are per process: after ``fork`` a child never reuses its parent's
+connections (``os.register_at_fork`` disposes the inherited pools without closing
+the parent's sockets), which is what Celery's prefork pool needs.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import Connection, make_url
+
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+
+_engines: dict[tuple[int, str], Engine] = {}
+_lock = threading.Lock()
+
+
+def normalize_url(url: str) -> str:
+    """Use psycopg 3 for plain ``postgresql://`` URLs."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _configure_sqlite(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # let SQLAlchemy's begin event, not the driver, start transactions
+        dbapi_connection.isolation_level = None
+        cursor = dbapi_connection.cursor()
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(conn: Connection) -> None:
+        read_only = conn.get_execution_options().get("gz_read", False)
+        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+
+
+def make_engine(url: str) -> Engine:
+    """A new engine for ``url`` with gleitzeit's settings for its database."""
+    url = normalize_url(url)
+    if is_sqlite(url):
+        engine = create_engine(
+            url,
+            connect_args={"timeout": SQLITE_BUSY_TIMEOUT_MS / 1000, "check_same_thread": False},
+        )
+        _configure_sqlite(engine)
+        return engine
+    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+
+
+def engine_for(url: str) -> Engine:
+    """The engine of this process for ``url`` (one per URL and process)."""
+    key = (os.getpid(), normalize_url(url))
+    with _lock:
+        engine = _engines.get(key)
+        if engine is None:
+            engine = _engines[key] = make_engine(url)
+        return engine
+
+
+def _after_fork_in_child() -> None:
+    global _lock
+    _lock = threading.Lock()
+    for (pid, _url), engine in list(_engines.items()):
+        # the parent's connections must not be closed or reused from the child
+        engine.dispose(close=False)
+        del _engines[(pid, _url)]
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,177 @@
+"""What the store hands out: plain, immutable records."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from typing import Any
+
+from gleitzeit.states import RunState, TaskState
+
+_MESSAGE_NAMESPACE = uuid.UUID("6f1c3f0e-6c55-4f4e-9a43-6c1e3a0c2b7d")
+
+
+def message_id(run_id: str, task_id: str, attempt: int) -> str:
+    """The Celery message id of an attempt: the same (run, task, attempt) gives the same id."""
+    return str(uuid.uuid5(_MESSAGE_NAMESPACE, f"{run_id}/{task_id}/{attempt}"))
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """An attempt claimed for publishing: the message is ``(run_id, task_id, attempt)``."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    queue: str | None = None
+    priority: int | None = None
+    timeout: float | None = None
+    countdown: float = 0.0
+
+    @property
+    def message_id(self) -> str:
+        return message_id(self.run_id, self.task_id, self.attempt)
+
+
+@dataclass(frozen=True)
+class PlannedTask:
+    """A task row to insert at submit, computed from the resolved graph."""
+
+    task_id: str
+    name: str
+    params: str
+    sources: list[str]
+    children: list[str]
+    waiting_on: int
+    options: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    """Everything ``Store.create_run`` writes in its one transaction."""
+
+    run_id: str
+    name: str
+    key: str | None
+    graph: str
+    graph_hash: str
+    inputs: str
+    inputs_hash: str
+    tasks: list[PlannedTask]
+
+
+@dataclass(frozen=True)
+class Submitted:
+    run_id: str
+    created: bool
+    dispatches: list[Dispatch] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """Why an attempt failed."""
+
+    type: str
+    message: str
+    traceback: str | None = None
+
+
+@dataclass(frozen=True)
+class StartedAttempt:
+    """An attempt a worker now holds, with all it needs to resolve its params."""
+
+    run_id: str
+    task_id: str
+    attempt: int
+    name: str
+    params: Any
+    options: dict[str, Any]
+    inputs: dict[str, Any]
+    results: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Recorded:
+    """The outcome of recording an attempt: whether it counted, and what to publish."""
+
+    recorded: bool
+    dispatches: list[Dispatch] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    id: str
+    name: str
+    key: str | None
+    state: RunState
+    graph: dict[str, Any]
+    graph_hash: str
+    inputs: dict[str, Any]
+    tasks_total: int
+    tasks_unfinished: int
+    tasks_failed: int
+    error: str | None
+    created_at: float
+    updated_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class AttemptRecord:
+    task_id: str
+    attempt: int
+    state: str
+    worker: str | None
+    error_type: str | None
+    error_message: str | None
+    traceback: str | None
+    started_at: float
+    finished_at: float | None
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """A task of a run as stored: state, attempt, result or error, timings."""
+
+    task_id: str
+    name: str
+    state: TaskState
+    attempt: int
+    result: Any
+    error_type: str | None
+    error_message: str | None
+    queued_at: float | None
+    started_at: float | None
+    finished_at: float | None
+    attempts: list[AttemptRecord] = field(default_factory=list)
+
+    @property
+    def error(self) -> str | None:
+        if self.error_type is None:
+            return None
+        return f"{self.error_type}: {self.error_message}"
+
+
+@dataclass(frozen=True)
+class EventRecord:
+    id: int
+    key: str
+    type: str
+    task_id: str | None
+    attempt: int | None
+    data: Any
+    created_at: float
+
+
+@dataclass(frozen=True)
+class DispatchRecord:
+    """One row of the dispatch ledger."""
+
+    task_id: str
+    attempt: int
+    message_id: str
+    queue: str | None
+    countdown: float
+    created_at: float
+    published_at: float | None
+    publish_count: int

@@ -1,0 +1,733 @@
+"""The store's operations. Each public method is one transaction.
+
+Claims and idempotency rest on the database's own atomicity: a task moves only by a
+conditional ``UPDATE ... WHERE state IN (...) AND attempt = :a``, whose row count says
+who won; a parent's success decrements ``waiting_on`` of its children in the same
+transaction that records it, and the child is claimed by the one transaction that sees
+the counter reach zero; dispatch rows and events have unique keys.
+``SQLAlchemyError`` leaves this module as :class:`StorageFailure`, cause kept; passing
+errors (a lost connection, SQLite busy, a PostgreSQL deadlock) are retried first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any, TypeVar
+
+from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
+from tenacity import (
+    Retrying,
+    retry_if_exception,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
+
+from gleitzeit import codec
+from gleitzeit.errors import IdempotencyConflict, RunNotFound, StorageFailure
+from gleitzeit.states import RunState, TaskState, run_sources, task_sources
+from gleitzeit.store.engine import engine_for
+from gleitzeit.store.migrate import ensure_schema
+from gleitzeit.store.records import (
+    AttemptRecord,
+    Dispatch,
+    DispatchRecord,
+    ErrorInfo,
+    EventRecord,
+    Recorded,
+    RunPlan,
+    RunRecord,
+    StartedAttempt,
+    Submitted,
+    TaskRecord,
+    message_id,
+)
+from gleitzeit.store.tables import attempts, db_now, dispatches, events, runs, tasks
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+DEFAULT_LEASE_SECONDS = 300.0
+
+
+def _is_transient(exc: BaseException) -> bool:
+    if isinstance(exc, DBAPIError) and exc.connection_invalidated:
+        return True
+    return isinstance(exc, OperationalError)
+
+
+def _ids(values: Iterable[str]) -> list[str]:
+    return sorted(set(values))
+
+
+class Store:
+    """gleitzeit's state in SQL: runs, tasks, attempts, the dispatch ledger, history."""
+
+    _migrated: set[int] = set()
+
+    def __init__(self, engine: Engine, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+        self.engine = engine
+        self.lease_seconds = lease_seconds
+
+    @classmethod
+    def open(cls, url: str, *, migrate: bool = True) -> Store:
+        """The store at ``url`` on this process's engine, its schema brought up to date."""
+        engine = engine_for(url)
+        if migrate and id(engine) not in cls._migrated:
+            try:
+                ensure_schema(engine)
+            except SQLAlchemyError as exc:
+                raise StorageFailure(f"cannot migrate the store at {engine.url!r}: {exc}") from exc
+            cls._migrated.add(id(engine))
+        return cls(engine)
+
+    # -- transactions --------------------------------------------------------------------
+
+    def _transaction(self, work: Callable[[Connection], T], *, read: bool = False) -> T:
+        retrying = Retrying(
+            retry=retry_if_exception(_is_transient),
+            stop=stop_after_attempt(6),
+            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            reraise=True,
+        )
+        try:
+            for attempt in retrying:
+                with attempt:
+                    with self.engine.connect() as conn:
+                        if read:
+                            conn = conn.execution_options(gz_read=True)
+                        with conn.begin():
+                            return work(conn)
+        except SQLAlchemyError as exc:
+            raise StorageFailure(f"store operation failed: {exc}") from exc
+        raise AssertionError("unreachable: tenacity reraises")
+
+    def _insert_ignore(self, conn: Connection, table: Any, rows: Sequence[dict[str, Any]]) -> int:
+        """Insert rows, skipping those whose unique key exists; return how many were new."""
+        if not rows:
+            return 0
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        stmt = dialect.insert(table).on_conflict_do_nothing()
+        return conn.execute(stmt, list(rows)).rowcount
+
+    # -- submit --------------------------------------------------------------------------
+
+    def create_run(self, plan: RunPlan) -> Submitted:
+        """Insert a run and its tasks, claim the roots; or return the run its key names."""
+        return self._transaction(lambda conn: self._create_run(conn, plan))
+
+    def _create_run(self, conn: Connection, plan: RunPlan) -> Submitted:
+        row = {
+            "id": plan.run_id,
+            "name": plan.name,
+            "key": plan.key,
+            "state": RunState.RUNNING.value,
+            "graph": plan.graph,
+            "graph_hash": plan.graph_hash,
+            "inputs": plan.inputs,
+            "inputs_hash": plan.inputs_hash,
+            "tasks_total": len(plan.tasks),
+            "tasks_unfinished": len(plan.tasks),
+            "tasks_failed": 0,
+        }
+        stamped = {**row, "created_at": db_now(), "updated_at": db_now()}
+        if plan.key is not None:
+            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+            stmt = dialect.insert(runs).values(**stamped).on_conflict_do_nothing()
+            if conn.execute(stmt).rowcount == 0:
+                return self._existing_run(conn, plan)
+        else:
+            conn.execute(insert(runs).values(**stamped))
+        roots = [t for t in plan.tasks if t.waiting_on == 0]
+        conn.execute(
+            insert(tasks).values(updated_at=db_now()),
+            [
+                {
+                    "run_id": plan.run_id,
+                    "task_id": t.task_id,
+                    "name": t.name,
+                    "state": TaskState.PENDING.value,
+                    "attempt": 0,
+                    "waiting_on": t.waiting_on,
+                    "params": t.params,
+                    "sources": codec.dumps(t.sources),
+                    "children": codec.dumps(t.children),
+                    "options": codec.dumps(t.options),
+                    "deliveries": 0,
+                }
+                for t in plan.tasks
+            ],
+        )
+        self._event(conn, plan.run_id, "run:submitted", "run_submitted", data={"key": plan.key})
+        claimed = self._claim(conn, plan.run_id, [t.task_id for t in roots])
+        return Submitted(plan.run_id, True, claimed)
+
+    def _existing_run(self, conn: Connection, plan: RunPlan) -> Submitted:
+        found = conn.execute(
+            select(runs.c.id, runs.c.graph_hash, runs.c.inputs_hash).where(runs.c.key == plan.key)
+        ).one()
+        differs = []
+        if found.graph_hash != plan.graph_hash:
+            differs.append("graph")
+        if found.inputs_hash != plan.inputs_hash:
+            differs.append("inputs")
+        if differs:
+            assert plan.key is not None
+            raise IdempotencyConflict(plan.key, found.id, differs)
+        return Submitted(found.id, False, [])
+
+    # -- claims --------------------------------------------------------------------------
+
+    def _claim(self, conn: Connection, run_id: str, task_ids: Sequence[str]) -> list[Dispatch]:
+        """Claim the tasks of ``task_ids`` that are pending with nothing to wait on."""
+        if not task_ids:
+            return []
+        claimed = conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.run_id == run_id,
+                tasks.c.task_id.in_(_ids(task_ids)),
+                tasks.c.state.in_(task_sources(TaskState.QUEUED)),
+                tasks.c.waiting_on == 0,
+            )
+            .values(
+                state=TaskState.QUEUED.value,
+                attempt=tasks.c.attempt + 1,
+                queued_at=db_now(),
+                updated_at=db_now(),
+            )
+            .returning(tasks.c.task_id, tasks.c.attempt, tasks.c.options)
+        ).all()
+        found = [self._dispatch(run_id, row.task_id, row.attempt, row.options) for row in claimed]
+        self._write_dispatches(conn, found)
+        return found
+
+    @staticmethod
+    def _dispatch(
+        run_id: str, task_id: str, attempt: int, options: str, countdown: float = 0.0
+    ) -> Dispatch:
+        opts = codec.loads(options)
+        return Dispatch(
+            run_id=run_id,
+            task_id=task_id,
+            attempt=attempt,
+            queue=opts.get("queue"),
+            priority=opts.get("priority"),
+            timeout=opts.get("timeout"),
+            countdown=countdown,
+        )
+
+    def _write_dispatches(self, conn: Connection, found: Sequence[Dispatch]) -> None:
+        if not found:
+            return
+        rows = [
+            {
+                "run_id": d.run_id,
+                "task_id": d.task_id,
+                "attempt": d.attempt,
+                "message_id": d.message_id,
+                "queue": d.queue,
+                "countdown": d.countdown,
+                "publish_count": 0,
+            }
+            for d in found
+        ]
+        # the primary key (run, task, attempt) makes a second dispatch of an attempt fail
+        conn.execute(insert(dispatches).values(created_at=db_now()), rows)
+        self._events(
+            conn,
+            [
+                {
+                    "run_id": d.run_id,
+                    "key": f"{d.task_id}:{d.attempt}:queued",
+                    "type": "task_queued",
+                    "task_id": d.task_id,
+                    "attempt": d.attempt,
+                    "data": codec.dumps({"countdown": d.countdown}) if d.countdown else None,
+                }
+                for d in found
+            ],
+        )
+
+    def mark_published(self, published: Sequence[Dispatch]) -> None:
+        """Record in the ledger that these messages were handed to the broker."""
+        if not published:
+            return
+
+        def work(conn: Connection) -> None:
+            conn.execute(
+                update(dispatches)
+                .where(
+                    dispatches.c.run_id == bindparam("r"),
+                    dispatches.c.task_id == bindparam("t"),
+                    dispatches.c.attempt == bindparam("a"),
+                )
+                .values(published_at=db_now(), publish_count=dispatches.c.publish_count + 1),
+                [{"r": d.run_id, "t": d.task_id, "a": d.attempt} for d in published],
+            )
+
+        self._transaction(work)
+
+    # -- a worker's attempt ---------------------------------------------------------------
+
+    def start_attempt(
+        self, run_id: str, task_id: str, attempt: int, *, worker: str | None = None
+    ) -> StartedAttempt | None:
+        """Move the attempt to ``running`` if it is the one the task is on and not started.
+
+        ``None`` means the message is a duplicate or stale: do no work.
+        """
+        return self._transaction(lambda conn: self._start(conn, run_id, task_id, attempt, worker))
+
+    def _start(
+        self, conn: Connection, run_id: str, task_id: str, attempt: int, worker: str | None
+    ) -> StartedAttempt | None:
+        row = conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.run_id == run_id,
+                tasks.c.task_id == task_id,
+                tasks.c.attempt == attempt,
+                tasks.c.state.in_(task_sources(TaskState.RUNNING)),
+            )
+            .values(
+                state=TaskState.RUNNING.value,
+                started_at=db_now(),
+                updated_at=db_now(),
+                lease_until=db_now() + self.lease_seconds,
+                deliveries=tasks.c.deliveries + 1,
+            )
+            .returning(tasks.c.name, tasks.c.params, tasks.c.sources, tasks.c.options)
+        ).one_or_none()
+        if row is None:
+            return None
+        conn.execute(
+            insert(attempts).values(started_at=db_now()),
+            {
+                "run_id": run_id,
+                "task_id": task_id,
+                "attempt": attempt,
+                "state": TaskState.RUNNING.value,
+                "worker": worker,
+            },
+        )
+        self._event(
+            conn, run_id, f"{task_id}:{attempt}:started", "task_started", task_id, attempt,
+            data={"worker": worker},
+        )
+        sources = codec.loads(row.sources)
+        results = {}
+        if sources:
+            for found in conn.execute(
+                select(tasks.c.task_id, tasks.c.result).where(
+                    tasks.c.run_id == run_id, tasks.c.task_id.in_(sources)
+                )
+            ):
+                results[found.task_id] = codec.loads(found.result)
+        inputs = conn.execute(select(runs.c.inputs).where(runs.c.id == run_id)).scalar_one()
+        return StartedAttempt(
+            run_id=run_id,
+            task_id=task_id,
+            attempt=attempt,
+            name=row.name,
+            params=codec.loads(row.params),
+            options=codec.loads(row.options),
+            inputs=codec.loads(inputs),
+            results=results,
+        )
+
+    def _end_attempt(
+        self,
+        conn: Connection,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        state: TaskState,
+        error: ErrorInfo | None = None,
+    ) -> None:
+        conn.execute(
+            update(attempts)
+            .where(
+                attempts.c.run_id == run_id,
+                attempts.c.task_id == task_id,
+                attempts.c.attempt == attempt,
+            )
+            .values(
+                state=state.value,
+                finished_at=db_now(),
+                error_type=error.type if error else None,
+                error_message=error.message if error else None,
+                traceback=error.traceback if error else None,
+            )
+        )
+
+    def _fenced_off(self, conn: Connection, run_id: str, task_id: str, attempt: int, how: str) -> Recorded:
+        # a late or duplicate outcome: kept in history, never applied
+        self._event(
+            conn, run_id, f"{task_id}:{attempt}:ignored-{how}", "outcome_ignored", task_id, attempt,
+            data={"outcome": how},
+        )
+        return Recorded(False)
+
+    def record_success(self, run_id: str, task_id: str, attempt: int, result: str) -> Recorded:
+        """Store the attempt's result, release its children; claim those now ready."""
+        return self._transaction(
+            lambda conn: self._record_success(conn, run_id, task_id, attempt, result)
+        )
+
+    def _record_success(
+        self, conn: Connection, run_id: str, task_id: str, attempt: int, result: str
+    ) -> Recorded:
+        row = conn.execute(
+            self._finish(run_id, task_id, attempt, TaskState.SUCCEEDED)
+            .values(result=result, error_type=None, error_message=None)
+            .returning(tasks.c.children)
+        ).one_or_none()
+        if row is None:
+            return self._fenced_off(conn, run_id, task_id, attempt, "succeeded")
+        self._end_attempt(conn, run_id, task_id, attempt, TaskState.SUCCEEDED)
+        self._event(conn, run_id, f"{task_id}:{attempt}:succeeded", "task_succeeded", task_id, attempt)
+        children = codec.loads(row.children)
+        claimed: list[Dispatch] = []
+        if children:
+            conn.execute(
+                update(tasks)
+                .where(tasks.c.run_id == run_id, tasks.c.task_id.in_(children))
+                .values(waiting_on=tasks.c.waiting_on - 1)
+            )
+            claimed = self._claim(conn, run_id, children)
+        self._tasks_finished(conn, run_id, finished=1, failed=0)
+        return Recorded(True, claimed)
+
+    def _finish(self, run_id: str, task_id: str, attempt: int, state: TaskState) -> Any:
+        return (
+            update(tasks)
+            .where(
+                tasks.c.run_id == run_id,
+                tasks.c.task_id == task_id,
+                tasks.c.attempt == attempt,
+                tasks.c.state.in_(task_sources(state)),
+            )
+            .values(state=state.value, finished_at=db_now(), updated_at=db_now())
+        )
+
+    def record_failure(
+        self,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        error: ErrorInfo,
+        *,
+        retry_in: float | None = None,
+    ) -> Recorded:
+        """Record a failed attempt: retry after ``retry_in`` seconds, or fail the task."""
+        if retry_in is not None:
+            return self._transaction(
+                lambda conn: self._record_retry(conn, run_id, task_id, attempt, error, retry_in)
+            )
+        return self._transaction(lambda conn: self._record_failed(conn, run_id, task_id, attempt, error))
+
+    def _record_retry(
+        self, conn: Connection, run_id: str, task_id: str, attempt: int, error: ErrorInfo,
+        retry_in: float,
+    ) -> Recorded:
+        row = conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.run_id == run_id,
+                tasks.c.task_id == task_id,
+                tasks.c.attempt == attempt,
+                tasks.c.state.in_(task_sources(TaskState.RETRYING)),
+            )
+            .values(
+                state=TaskState.RETRYING.value,
+                attempt=attempt + 1,
+                error_type=error.type,
+                error_message=error.message,
+                lease_until=None,
+                updated_at=db_now(),
+            )
+            .returning(tasks.c.options)
+        ).one_or_none()
+        if row is None:
+            return self._fenced_off(conn, run_id, task_id, attempt, "failed")
+        self._end_attempt(conn, run_id, task_id, attempt, TaskState.FAILED, error)
+        self._event(
+            conn, run_id, f"{task_id}:{attempt}:retrying", "task_retrying", task_id, attempt,
+            data={"error": f"{error.type}: {error.message}", "retry_in": retry_in},
+        )
+        retry = self._dispatch(run_id, task_id, attempt + 1, row.options, countdown=retry_in)
+        self._write_dispatches(conn, [retry])
+        return Recorded(True, [retry])
+
+    def _record_failed(
+        self, conn: Connection, run_id: str, task_id: str, attempt: int, error: ErrorInfo
+    ) -> Recorded:
+        row = conn.execute(
+            self._finish(run_id, task_id, attempt, TaskState.FAILED)
+            .values(error_type=error.type, error_message=error.message, lease_until=None)
+            .returning(tasks.c.children)
+        ).one_or_none()
+        if row is None:
+            return self._fenced_off(conn, run_id, task_id, attempt, "failed")
+        self._end_attempt(conn, run_id, task_id, attempt, TaskState.FAILED, error)
+        self._event(
+            conn, run_id, f"{task_id}:{attempt}:failed", "task_failed", task_id, attempt,
+            data={"error": f"{error.type}: {error.message}"},
+        )
+        blocked = self._block_descendants(conn, run_id, task_id, codec.loads(row.children))
+        self._tasks_finished(conn, run_id, finished=1 + blocked, failed=1)
+        return Recorded(True, [])
+
+    def _block_descendants(
+        self, conn: Connection, run_id: str, failed: str, children: list[str]
+    ) -> int:
+        """Block every pending task downstream of ``failed``; return how many."""
+        count = 0
+        frontier = _ids(children)
+        while frontier:
+            rows = conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.run_id == run_id,
+                    tasks.c.task_id.in_(frontier),
+                    tasks.c.state.in_(task_sources(TaskState.BLOCKED)),
+                )
+                .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
+                .returning(tasks.c.task_id, tasks.c.children)
+            ).all()
+            count += len(rows)
+            self._events(
+                conn,
+                [
+                    {
+                        "run_id": run_id,
+                        "key": f"{row.task_id}:blocked",
+                        "type": "task_blocked",
+                        "task_id": row.task_id,
+                        "attempt": None,
+                        "data": codec.dumps({"upstream": failed}),
+                    }
+                    for row in rows
+                ],
+            )
+            frontier = _ids(child for row in rows for child in codec.loads(row.children))
+        return count
+
+    def _tasks_finished(self, conn: Connection, run_id: str, *, finished: int, failed: int) -> None:
+        """Count tasks that reached a final state; end the run when none is left."""
+        row = conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(
+                tasks_unfinished=runs.c.tasks_unfinished - finished,
+                tasks_failed=runs.c.tasks_failed + failed,
+                updated_at=db_now(),
+            )
+            .returning(runs.c.tasks_unfinished, runs.c.tasks_failed)
+        ).one()
+        if row.tasks_unfinished > 0:
+            return
+        final = RunState.FAILED if row.tasks_failed else RunState.SUCCEEDED
+        ended = conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id, runs.c.state.in_(run_sources(final)))
+            .values(state=final.value, finished_at=db_now())
+        ).rowcount
+        if ended:
+            self._event(conn, run_id, f"run:{final.value}", f"run_{final.value}")
+
+    # -- history -------------------------------------------------------------------------
+
+    def _event(
+        self,
+        conn: Connection,
+        run_id: str,
+        key: str,
+        type_: str,
+        task_id: str | None = None,
+        attempt: int | None = None,
+        *,
+        data: dict[str, Any] | None = None,
+    ) -> None:
+        self._events(
+            conn,
+            [
+                {
+                    "run_id": run_id,
+                    "key": key,
+                    "type": type_,
+                    "task_id": task_id,
+                    "attempt": attempt,
+                    "data": codec.dumps(data) if data else None,
+                }
+            ],
+        )
+
+    def _events(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
+        if not rows:
+            return
+        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
+        conn.execute(
+            dialect.insert(events).values(created_at=db_now()).on_conflict_do_nothing(),
+            list(rows),
+        )
+
+    # -- reads ---------------------------------------------------------------------------
+
+    def get_run(self, run_id: str) -> RunRecord:
+        def work(conn: Connection) -> RunRecord:
+            row = conn.execute(select(runs).where(runs.c.id == run_id)).one_or_none()
+            if row is None:
+                raise RunNotFound(run_id)
+            return _run_record(row)
+
+        return self._transaction(work, read=True)
+
+    def list_runs(
+        self, *, status: str | None = None, name: str | None = None, limit: int = 50
+    ) -> list[RunRecord]:
+        def work(conn: Connection) -> list[RunRecord]:
+            query = select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+            if status is not None:
+                query = query.where(runs.c.state == RunState(status).value)
+            if name is not None:
+                query = query.where(runs.c.name == name)
+            return [_run_record(row) for row in conn.execute(query)]
+
+        return self._transaction(work, read=True)
+
+    def get_tasks(self, run_id: str, *, with_attempts: bool = True) -> dict[str, TaskRecord]:
+        def work(conn: Connection) -> dict[str, TaskRecord]:
+            by_task: dict[str, list[AttemptRecord]] = {}
+            if with_attempts:
+                query = (
+                    select(attempts)
+                    .where(attempts.c.run_id == run_id)
+                    .order_by(attempts.c.task_id, attempts.c.attempt)
+                )
+                for row in conn.execute(query):
+                    by_task.setdefault(row.task_id, []).append(_attempt_record(row))
+            found = conn.execute(select(tasks).where(tasks.c.run_id == run_id)).all()
+            return {row.task_id: _task_record(row, by_task.get(row.task_id, [])) for row in found}
+
+        return self._transaction(work, read=True)
+
+    def count_task_states(self, run_id: str) -> dict[str, int]:
+        def work(conn: Connection) -> dict[str, int]:
+            query = (
+                select(tasks.c.state, func.count())
+                .where(tasks.c.run_id == run_id)
+                .group_by(tasks.c.state)
+            )
+            return {state: count for state, count in conn.execute(query).tuples()}
+
+        return self._transaction(work, read=True)
+
+    def get_events(self, run_id: str) -> list[EventRecord]:
+        def work(conn: Connection) -> list[EventRecord]:
+            query = select(events).where(events.c.run_id == run_id).order_by(events.c.id)
+            return [
+                EventRecord(
+                    id=row.id,
+                    key=row.key,
+                    type=row.type,
+                    task_id=row.task_id,
+                    attempt=row.attempt,
+                    data=codec.loads(row.data),
+                    created_at=row.created_at,
+                )
+                for row in conn.execute(query)
+            ]
+
+        return self._transaction(work, read=True)
+
+    def get_dispatches(self, run_id: str) -> list[DispatchRecord]:
+        """The dispatch ledger of a run: one row per published attempt."""
+
+        def work(conn: Connection) -> list[DispatchRecord]:
+            query = (
+                select(dispatches)
+                .where(dispatches.c.run_id == run_id)
+                .order_by(dispatches.c.created_at, dispatches.c.task_id, dispatches.c.attempt)
+            )
+            return [
+                DispatchRecord(
+                    task_id=row.task_id,
+                    attempt=row.attempt,
+                    message_id=row.message_id,
+                    queue=row.queue,
+                    countdown=row.countdown,
+                    created_at=row.created_at,
+                    published_at=row.published_at,
+                    publish_count=row.publish_count,
+                )
+                for row in conn.execute(query)
+            ]
+
+        return self._transaction(work, read=True)
+
+    def get_results(self, run_id: str) -> dict[str, Any]:
+        """Results of the run's succeeded tasks, by task id."""
+
+        def work(conn: Connection) -> dict[str, Any]:
+            query = select(tasks.c.task_id, tasks.c.result).where(
+                and_(tasks.c.run_id == run_id, tasks.c.state == TaskState.SUCCEEDED.value)
+            )
+            return {row.task_id: codec.loads(row.result) for row in conn.execute(query)}
+
+        return self._transaction(work, read=True)
+
+
+def _run_record(row: Any) -> RunRecord:
+    return RunRecord(
+        id=row.id,
+        name=row.name,
+        key=row.key,
+        state=RunState(row.state),
+        graph=codec.loads(row.graph),
+        graph_hash=row.graph_hash,
+        inputs=codec.loads(row.inputs),
+        tasks_total=row.tasks_total,
+        tasks_unfinished=row.tasks_unfinished,
+        tasks_failed=row.tasks_failed,
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _attempt_record(row: Any) -> AttemptRecord:
+    return AttemptRecord(
+        task_id=row.task_id,
+        attempt=row.attempt,
+        state=row.state,
+        worker=row.worker,
+        error_type=row.error_type,
+        error_message=row.error_message,
+        traceback=row.traceback,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _task_record(row: Any, attempt_records: list[AttemptRecord]) -> TaskRecord:
+    return TaskRecord(
+        task_id=row.task_id,
+        name=row.name,
+        state=TaskState(row.state),
+        attempt=row.attempt,
+        result=codec.loads(row.result),
+        error_type=row.error_type,
+        error_message=row.error_message,
+        queued_at=row.queued_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        attempts=attempt_records,
+    )
+
+
+__all__ = ["Store", "message_id"]

@@ -1,0 +1,147 @@
+"""The SQL schema (SQLAlchemy Core). Changes ship as Alembic migrations beside it.
+
+Times are seconds since the epoch as floats, taken from the database's clock
+(:class:`db_now`), so that every process judges staleness by one clock.
+JSON values are stored as text that gleitzeit encodes itself, to control size limits
+and keep pickle out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import (
+    BigInteger,
+    Column,
+    Float,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.functions import FunctionElement
+
+metadata = MetaData()
+
+# SQLite autoincrements only an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit id
+_EVENT_ID = BigInteger().with_variant(Integer(), "sqlite")
+
+
+class db_now(FunctionElement[float]):  # noqa: N801 - reads like the SQL function it is
+    """The database's current time in epoch seconds, with sub-millisecond precision."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(db_now, "postgresql")
+def _pg_now(element: db_now, compiler: Any, **kw: Any) -> str:
+    return "extract(epoch from clock_timestamp())::float8"
+
+
+@compiles(db_now, "sqlite")
+def _sqlite_now(element: db_now, compiler: Any, **kw: Any) -> str:
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+runs = Table(
+    "gz_runs",
+    metadata,
+    Column("id", String(36), primary_key=True),
+    Column("name", String(200), nullable=False),
+    Column("key", String(255), nullable=True, unique=True),
+    Column("state", String(16), nullable=False),
+    Column("graph", Text, nullable=False),
+    Column("graph_hash", String(64), nullable=False),
+    Column("inputs", Text, nullable=False),
+    Column("inputs_hash", String(64), nullable=False),
+    Column("tasks_total", Integer, nullable=False),
+    Column("tasks_unfinished", Integer, nullable=False),
+    Column("tasks_failed", Integer, nullable=False, default=0),
+    Column("error", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+    Index("ix_gz_runs_state_updated", "state", "updated_at"),
+    Index("ix_gz_runs_name_created", "name", "created_at"),
+)
+
+tasks = Table(
+    "gz_tasks",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("task_id", String(200), primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("state", String(16), nullable=False),
+    # the attempt the task is on; 0 until first claimed (the fencing token)
+    Column("attempt", Integer, nullable=False, default=0),
+    # parents not yet succeeded; the task is claimed when this reaches 0
+    Column("waiting_on", Integer, nullable=False),
+    Column("params", Text, nullable=False),
+    # tasks whose results the params reference, and the tasks that depend on this one
+    Column("sources", Text, nullable=False),
+    Column("children", Text, nullable=False),
+    Column("options", Text, nullable=False),
+    Column("result", Text, nullable=True),
+    Column("error_type", String(255), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("deliveries", Integer, nullable=False, default=0),
+    Column("lease_until", Float, nullable=True),
+    Column("queued_at", Float, nullable=True),
+    Column("started_at", Float, nullable=True),
+    Column("finished_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_gz_tasks_state_updated", "state", "updated_at"),
+)
+
+attempts = Table(
+    "gz_attempts",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("task_id", String(200), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("state", String(16), nullable=False),
+    Column("worker", String(255), nullable=True),
+    Column("error_type", String(255), nullable=True),
+    Column("error_message", Text, nullable=True),
+    Column("traceback", Text, nullable=True),
+    Column("started_at", Float, nullable=False),
+    Column("finished_at", Float, nullable=True),
+)
+
+# The dispatch ledger and outbox: one row per (run, task, attempt), written in the
+# transaction that claims the attempt, so an attempt can never be dispatched twice.
+dispatches = Table(
+    "gz_dispatches",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("task_id", String(200), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("message_id", String(36), nullable=False, unique=True),
+    Column("queue", String(255), nullable=True),
+    Column("countdown", Float, nullable=False, default=0.0),
+    Column("created_at", Float, nullable=False),
+    Column("published_at", Float, nullable=True),
+    Column("publish_count", Integer, nullable=False, default=0),
+    Index("ix_gz_dispatches_unpublished", "published_at", "created_at"),
+)
+
+events = Table(
+    "gz_events",
+    metadata,
+    Column("id", _EVENT_ID, primary_key=True, autoincrement=True),
+    Column("run_id", String(36), nullable=False),
+    # stable identity of the event within its run: recording it twice is a no-op
+    Column("key", String(255), nullable=False),
+    Column("type", String(32), nullable=False),
+    Column("task_id", String(200), nullable=True),
+    Column("attempt", Integer, nullable=True),
+    Column("data", Text, nullable=True),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("run_id", "key", name="uq_gz_events_run_key"),
+    Index("ix_gz_events_run_id", "run_id", "id"),
+)

@@ -1,0 +1,114 @@
+"""The Celery side: the app workers run (``celery -A gleitzeit.worker worker``).
+
+``app`` is configured from the environment and an optional ``celeryconfig`` module,
+with the settings gleitzeit's guarantees need. An existing Celery app takes gleitzeit
+in with :func:`install` instead.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import os
+from typing import Any
+
+from celery import Celery
+
+from gleitzeit.dispatch import EXECUTE_TASK
+from gleitzeit.executor import Executor
+from gleitzeit.settings import Settings
+from gleitzeit.store import Store
+
+log = logging.getLogger(__name__)
+
+#: name of the module with the user's Celery settings, imported when it exists
+CONFIG_MODULE_ENV = "GLEITZEIT_CELERY_CONFIG"
+
+
+def celery_defaults(settings: Settings) -> dict[str, Any]:
+    """Celery settings that gleitzeit's guarantees rest on (JSON only, late acks, ...)."""
+    return {
+        "broker_url": settings.broker_url,
+        "task_serializer": "json",
+        "result_serializer": "json",
+        "accept_content": ["json"],
+        "task_acks_late": True,
+        "task_reject_on_worker_lost": True,
+        "worker_prefetch_multiplier": 1,
+        "broker_connection_retry_on_startup": True,
+        # must exceed the longest task timeout and retry backoff (redis, SQS)
+        "broker_transport_options": {"visibility_timeout": 3600},
+        "worker_hijack_root_logger": False,
+    }
+
+
+def _user_config() -> dict[str, Any]:
+    name = os.environ.get(CONFIG_MODULE_ENV, "celeryconfig")
+    try:
+        module = importlib.import_module(name)
+    except ModuleNotFoundError as exc:
+        if exc.name != name:
+            raise
+        return {}
+    return {key: getattr(module, key) for key in dir(module) if key.islower() and key[0] != "_"}
+
+
+_executors: dict[int, Executor] = {}
+
+
+def configure(app: Celery, settings: Settings) -> None:
+    """Tie ``app`` to a store; later attempts on this app use ``settings``."""
+    app.conf.gleitzeit_settings = settings
+    _executors.pop(id(app), None)
+
+
+def settings_of(app: Celery) -> Settings:
+    settings = app.conf.get("gleitzeit_settings")
+    if isinstance(settings, Settings):
+        return settings
+    return Settings.from_env(broker_url=app.conf.broker_url)
+
+
+def executor_of(app: Celery) -> Executor:
+    """This process's executor for ``app`` (created on first use, after any fork)."""
+    executor = _executors.get(id(app))
+    if executor is None:
+        settings = settings_of(app)
+        store = Store.open(settings.database_url)
+        store.lease_seconds = settings.lease_seconds
+        executor = _executors[id(app)] = Executor(app, store, settings)
+    return executor
+
+
+def install(app: Celery) -> Celery:
+    """Register gleitzeit's executor task on an existing Celery app."""
+
+    # shared=False: the executor belongs to this app alone, not to every app
+    @app.task(
+        name=EXECUTE_TASK,
+        bind=True,
+        shared=False,
+        ignore_result=True,
+        acks_late=True,
+        reject_on_worker_lost=True,
+    )
+    def execute(self: Any, run_id: str, task_id: str, attempt: int) -> None:
+        executor_of(self.app).execute(run_id, task_id, attempt, worker=self.request.hostname)
+
+    return app
+
+
+def create_app(settings: Settings | None = None, *, main: str = "gleitzeit") -> Celery:
+    """A Celery app with gleitzeit's defaults, the user's ``celeryconfig`` and the executor."""
+    settings = settings or Settings.from_env()
+    new_app = Celery(main)
+    config = celery_defaults(settings)
+    config.update(_user_config())
+    if "CELERY_BROKER_URL" in os.environ:
+        config["broker_url"] = os.environ["CELERY_BROKER_URL"]
+    new_app.conf.update(config)
+    configure(new_app, settings)
+    return install(new_app)
+
+
+app = create_app()
