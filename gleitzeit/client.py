@@ -44,7 +44,8 @@ def plan_run(
             children=resolver.children(spec.id),
             waiting_on=resolver.graph.in_degree(spec.id),
             options={
-                key: value for key, value in spec.to_dict().items()
+                key: value
+                for key, value in spec.to_dict().items()
                 if key not in ("id", "task", "params", "depends_on")
             },
         )

@@ -25,8 +25,7 @@ def encode_result(value: Any, *, task_id: str, limit: int = DEFAULT_RESULT_LIMIT
         text = dumps(value)
     except (TypeError, ValueError) as exc:
         raise ResultError(
-            f"task {task_id!r} returned a result that is not JSON "
-            f"({type(value).__name__}): {exc}"
+            f"task {task_id!r} returned a result that is not JSON ({type(value).__name__}): {exc}"
         ) from exc
     size = len(text.encode())
     if size > limit:

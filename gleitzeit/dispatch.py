@@ -17,7 +17,7 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from gleitzeit.errors import DispatchFailure
@@ -72,7 +72,7 @@ class Dispatcher:
         retrying = Retrying(
             retry=retry_if_exception_type(_TRANSIENT),
             stop=stop_after_attempt(self.attempts),
-            wait=wait_exponential_jitter(initial=0.1, max=5.0),
+            wait=wait_random_exponential(multiplier=0.1, max=5.0),
             reraise=True,
         )
         try:
@@ -84,7 +84,9 @@ class Dispatcher:
         except _TRANSIENT as exc:
             log.error(
                 "broker unreachable: %d of %d attempts left unpublished in the ledger (%s)",
-                len(claimed) - len(published), len(claimed), exc,
+                len(claimed) - len(published),
+                len(claimed),
+                exc,
             )
         finally:
             self.store.mark_published(published)

@@ -47,8 +47,7 @@ class IdempotencyConflict(GleitzeitError):
         self.run_id = run_id
         self.differs = list(differs)
         super().__init__(
-            f"key {key!r} already names run {run_id} with a different "
-            f"{' and '.join(self.differs)}"
+            f"key {key!r} already names run {run_id} with a different {' and '.join(self.differs)}"
         )
 
 

@@ -62,8 +62,12 @@ class Executor:
     def execute(self, run_id: str, task_id: str, attempt: int, *, worker: str | None) -> None:
         started = self.store.start_attempt(run_id, task_id, attempt, worker=worker)
         if started is None:
-            log.info("run %s task %s attempt %d: duplicate or stale message, no work",
-                     run_id, task_id, attempt)
+            log.info(
+                "run %s task %s attempt %d: duplicate or stale message, no work",
+                run_id,
+                task_id,
+                attempt,
+            )
             return
         outcome = self._run(started)
         if isinstance(outcome, Failure):

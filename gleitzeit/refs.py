@@ -16,7 +16,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Union
+from typing import Any
 
 from gleitzeit.errors import ReferenceResolutionError
 
@@ -28,7 +28,7 @@ _EXPR = re.compile(rf"^\s*(?P<source>{_NAME})(?P<rest>(?:\.{_NAME}|\[\d+\])*)\s*
 _SEGMENT = re.compile(rf"\.(?P<key>{_NAME})|\[(?P<index>\d+)\]")
 _CLOSERS = {"{": "}", "<": ">"}
 
-PathSegment = Union[str, int]
+PathSegment = str | int
 
 
 @dataclass(frozen=True)
@@ -169,8 +169,7 @@ def follow(root: Any, ref: Reference) -> Any:
         except (IndexError, KeyError, ValueError, TypeError):
             reached = ".".join(str(s) for s in path[:depth]) or "(top)"
             raise ReferenceResolutionError(
-                f"reference {ref.text}: no {seg!r} in {reached} "
-                f"(a {type(value).__name__})"
+                f"reference {ref.text}: no {seg!r} in {reached} (a {type(value).__name__})"
             ) from None
     return value
 

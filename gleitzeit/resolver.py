@@ -51,9 +51,7 @@ class DependencyResolver:
     def _check_spec(self, spec: TaskSpec) -> None:
         where = f"task {spec.id!r}"
         if not _TASK_ID.match(spec.id):
-            self._problems.append(
-                f"{where}: ids may use only letters, digits, '_' and '-'"
-            )
+            self._problems.append(f"{where}: ids may use only letters, digits, '_' and '-'")
         if spec.id == INPUTS:
             self._problems.append(f"{where}: 'inputs' is reserved for the run's inputs")
         if not spec.name:
@@ -76,7 +74,9 @@ class DependencyResolver:
         refs, malformed = find_references(spec.params)
         self._problems.extend(f"{where}: {problem}" for problem in malformed)
         self.references[spec.id] = refs
-        upstream: list[tuple[str, str]] = [(ref.source, ref.text) for ref in refs if not ref.is_input]
+        upstream: list[tuple[str, str]] = [
+            (ref.source, ref.text) for ref in refs if not ref.is_input
+        ]
         upstream += [(dep, "depends_on") for dep in spec.depends_on]
         for parent, how in upstream:
             if parent == spec.id:
@@ -116,7 +116,8 @@ class DependencyResolver:
         if inputs is not None:
             for name in sorted(self.input_names() - set(inputs)):
                 users = sorted(
-                    task for task, refs in self.references.items()
+                    task
+                    for task, refs in self.references.items()
                     if any(ref.is_input and ref.input_name == name for ref in refs)
                 )
                 found.append(f"input {name!r} is referenced by {users} but not given")
@@ -124,7 +125,9 @@ class DependencyResolver:
             known = set(registered)
             for spec in self.workflow.specs:
                 if spec.name not in known:
-                    found.append(f"task {spec.id!r}: no Celery task named {spec.name!r} is registered")
+                    found.append(
+                        f"task {spec.id!r}: no Celery task named {spec.name!r} is registered"
+                    )
         return found
 
     def validate(

@@ -83,18 +83,18 @@ def executor_of(app: Celery) -> Executor:
 def install(app: Celery) -> Celery:
     """Register gleitzeit's executor task on an existing Celery app."""
 
+    def execute(self: Any, run_id: str, task_id: str, attempt: int) -> None:
+        executor_of(self.app).execute(run_id, task_id, attempt, worker=self.request.hostname)
+
     # shared=False: the executor belongs to this app alone, not to every app
-    @app.task(
+    app.task(
         name=EXECUTE_TASK,
         bind=True,
         shared=False,
         ignore_result=True,
         acks_late=True,
         reject_on_worker_lost=True,
-    )
-    def execute(self: Any, run_id: str, task_id: str, attempt: int) -> None:
-        executor_of(self.app).execute(run_id, task_id, attempt, worker=self.request.hostname)
-
+    )(execute)
     return app
 
 

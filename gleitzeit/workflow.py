@@ -329,8 +329,10 @@ class _WorkflowReader:
     def read(self, data: Any) -> Workflow:
         if not isinstance(data, Mapping):
             raise WorkflowValidationError(
-                [f"{self.source}: expected a mapping with 'name' and 'tasks', "
-                 f"got {type(data).__name__}"]
+                [
+                    f"{self.source}: expected a mapping with 'name' and 'tasks', "
+                    f"got {type(data).__name__}"
+                ]
             )
         name = data.get("name")
         if not isinstance(name, str) or not name:
@@ -410,10 +412,8 @@ class _WorkflowReader:
             if required:
                 self.problems.append(f"{where}: missing required field {key!r}")
             return None
-        if isinstance(value, bool) and kind is not bool or not isinstance(value, kind):
+        if (isinstance(value, bool) and kind is not bool) or not isinstance(value, kind):
             expected = kind.__name__ if isinstance(kind, type) else "number"
-            self.problems.append(
-                f"{where}: {key!r} must be {expected}, got {type(value).__name__}"
-            )
+            self.problems.append(f"{where}: {key!r} must be {expected}, got {type(value).__name__}")
             return None
         return value

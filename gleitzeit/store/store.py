@@ -22,7 +22,7 @@ from tenacity import (
     Retrying,
     retry_if_exception,
     stop_after_attempt,
-    wait_exponential_jitter,
+    wait_random_exponential,
 )
 
 from gleitzeit import codec
@@ -89,28 +89,19 @@ class Store:
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_attempt(6),
-            wait=wait_exponential_jitter(initial=0.05, max=2.0),
+            wait=wait_random_exponential(multiplier=0.05, max=2.0),
             reraise=True,
         )
         try:
             for attempt in retrying:
-                with attempt:
-                    with self.engine.connect() as conn:
-                        if read:
-                            conn = conn.execution_options(gz_read=True)
-                        with conn.begin():
-                            return work(conn)
+                with attempt, self.engine.connect() as conn:
+                    if read:
+                        conn = conn.execution_options(gz_read=True)
+                    with conn.begin():
+                        return work(conn)
         except SQLAlchemyError as exc:
             raise StorageFailure(f"store operation failed: {exc}") from exc
         raise AssertionError("unreachable: tenacity reraises")
-
-    def _insert_ignore(self, conn: Connection, table: Any, rows: Sequence[dict[str, Any]]) -> int:
-        """Insert rows, skipping those whose unique key exists; return how many were new."""
-        if not rows:
-            return 0
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        stmt = dialect.insert(table).on_conflict_do_nothing()
-        return conn.execute(stmt, list(rows)).rowcount
 
     # -- submit --------------------------------------------------------------------------
 
@@ -135,8 +126,14 @@ class Store:
         stamped = {**row, "created_at": db_now(), "updated_at": db_now()}
         if plan.key is not None:
             dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            stmt = dialect.insert(runs).values(**stamped).on_conflict_do_nothing()
-            if conn.execute(stmt).rowcount == 0:
+            stmt = (
+                dialect.insert(runs)
+                .values(**stamped)
+                .on_conflict_do_nothing()
+                .returning(runs.c.id)
+            )
+            # no row back: the key names a run already (rowcount is not reliable here)
+            if conn.execute(stmt).one_or_none() is None:
                 return self._existing_run(conn, plan)
         else:
             conn.execute(insert(runs).values(**stamped))
@@ -314,7 +311,12 @@ class Store:
             },
         )
         self._event(
-            conn, run_id, f"{task_id}:{attempt}:started", "task_started", task_id, attempt,
+            conn,
+            run_id,
+            f"{task_id}:{attempt}:started",
+            "task_started",
+            task_id,
+            attempt,
             data={"worker": worker},
         )
         sources = codec.loads(row.sources)
@@ -363,10 +365,17 @@ class Store:
             )
         )
 
-    def _fenced_off(self, conn: Connection, run_id: str, task_id: str, attempt: int, how: str) -> Recorded:
+    def _fenced_off(
+        self, conn: Connection, run_id: str, task_id: str, attempt: int, how: str
+    ) -> Recorded:
         # a late or duplicate outcome: kept in history, never applied
         self._event(
-            conn, run_id, f"{task_id}:{attempt}:ignored-{how}", "outcome_ignored", task_id, attempt,
+            conn,
+            run_id,
+            f"{task_id}:{attempt}:ignored-{how}",
+            "outcome_ignored",
+            task_id,
+            attempt,
             data={"outcome": how},
         )
         return Recorded(False)
@@ -388,7 +397,9 @@ class Store:
         if row is None:
             return self._fenced_off(conn, run_id, task_id, attempt, "succeeded")
         self._end_attempt(conn, run_id, task_id, attempt, TaskState.SUCCEEDED)
-        self._event(conn, run_id, f"{task_id}:{attempt}:succeeded", "task_succeeded", task_id, attempt)
+        self._event(
+            conn, run_id, f"{task_id}:{attempt}:succeeded", "task_succeeded", task_id, attempt
+        )
         children = codec.loads(row.children)
         claimed: list[Dispatch] = []
         if children:
@@ -427,10 +438,17 @@ class Store:
             return self._transaction(
                 lambda conn: self._record_retry(conn, run_id, task_id, attempt, error, retry_in)
             )
-        return self._transaction(lambda conn: self._record_failed(conn, run_id, task_id, attempt, error))
+        return self._transaction(
+            lambda conn: self._record_failed(conn, run_id, task_id, attempt, error)
+        )
 
     def _record_retry(
-        self, conn: Connection, run_id: str, task_id: str, attempt: int, error: ErrorInfo,
+        self,
+        conn: Connection,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        error: ErrorInfo,
         retry_in: float,
     ) -> Recorded:
         row = conn.execute(
@@ -455,7 +473,12 @@ class Store:
             return self._fenced_off(conn, run_id, task_id, attempt, "failed")
         self._end_attempt(conn, run_id, task_id, attempt, TaskState.FAILED, error)
         self._event(
-            conn, run_id, f"{task_id}:{attempt}:retrying", "task_retrying", task_id, attempt,
+            conn,
+            run_id,
+            f"{task_id}:{attempt}:retrying",
+            "task_retrying",
+            task_id,
+            attempt,
             data={"error": f"{error.type}: {error.message}", "retry_in": retry_in},
         )
         retry = self._dispatch(run_id, task_id, attempt + 1, row.options, countdown=retry_in)
@@ -474,7 +497,12 @@ class Store:
             return self._fenced_off(conn, run_id, task_id, attempt, "failed")
         self._end_attempt(conn, run_id, task_id, attempt, TaskState.FAILED, error)
         self._event(
-            conn, run_id, f"{task_id}:{attempt}:failed", "task_failed", task_id, attempt,
+            conn,
+            run_id,
+            f"{task_id}:{attempt}:failed",
+            "task_failed",
+            task_id,
+            attempt,
             data={"error": f"{error.type}: {error.message}"},
         )
         blocked = self._block_descendants(conn, run_id, task_id, codec.loads(row.children))

@@ -31,7 +31,7 @@ metadata = MetaData()
 _EVENT_ID = BigInteger().with_variant(Integer(), "sqlite")
 
 
-class db_now(FunctionElement[float]):  # noqa: N801 - reads like the SQL function it is
+class db_now(FunctionElement[float]):
     """The database's current time in epoch seconds, with sub-millisecond precision."""
 
     type = Float()

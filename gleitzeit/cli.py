@@ -1,0 +1,239 @@
+"""The ``gleitzeit`` command line."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from gleitzeit.client import Client, Run
+from gleitzeit.errors import GleitzeitError, WorkflowFailed, WorkflowValidationError
+from gleitzeit.loading import import_modules, load_workflow
+from gleitzeit.settings import Settings
+from gleitzeit.states import FINAL_RUN_STATES, RunState
+
+
+def _parse_inputs(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if as_json:
+        try:
+            given = json.loads(as_json)
+        except json.JSONDecodeError as exc:
+            raise click.BadParameter(f"not JSON: {exc}", param_hint="--inputs-json") from exc
+        if not isinstance(given, dict):
+            raise click.BadParameter("must be a JSON object", param_hint="--inputs-json")
+        inputs.update(given)
+    for pair in pairs:
+        name, sep, raw = pair.partition("=")
+        if not sep or not name:
+            raise click.BadParameter(f"{pair!r} is not NAME=VALUE", param_hint="--input")
+        try:
+            inputs[name] = json.loads(raw)
+        except json.JSONDecodeError:
+            inputs[name] = raw
+    return inputs
+
+
+def _print_json(value: Any) -> None:
+    click.echo(json.dumps(value, indent=2, default=str))
+
+
+def _show_progress(run: Run, *, interval: float = 0.2) -> None:
+    """A progress bar of finished tasks until the run ends."""
+    total = run.record.tasks_total
+    done = 0
+    with click.progressbar(length=total, label=f"run {run.id[:8]}", file=sys.stderr) as bar:
+        while True:
+            record = run.record
+            finished = record.tasks_total - record.tasks_unfinished
+            bar.update(finished - done)
+            done = finished
+            if record.state in FINAL_RUN_STATES:
+                return
+            time.sleep(interval)
+
+
+def _finish(run: Run) -> None:
+    """Print results (exit 0) or what failed (exit 1)."""
+    try:
+        _print_json(run.wait())
+    except WorkflowFailed as exc:
+        click.echo(f"run {run.id} ended {exc.status}", err=True)
+        for task_id, error in exc.errors.items():
+            click.echo(f"  {task_id}: {error}", err=True)
+        sys.exit(1)
+
+
+@click.group()
+@click.version_option(package_name="gleitzeit")
+def main() -> None:
+    """Durable task graphs for Celery."""
+
+
+_include = click.option(
+    "-I", "--include", multiple=True, help="Module(s) with tasks to import (comma-separated)."
+)
+_inputs = click.option("-i", "--input", "pairs", multiple=True, help="An input, NAME=VALUE.")
+_inputs_json = click.option("--inputs-json", help="Inputs as a JSON object.")
+_db = click.option("--db", "database_url", help="Store URL (default GLEITZEIT_DATABASE_URL).")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@_include
+@_inputs
+@_inputs_json
+@_db
+@click.option("--concurrency", type=int, help="Threads of the in-process worker.")
+@click.option("--key", help="Idempotency key of the run.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def run(
+    file: str,
+    include: Sequence[str],
+    pairs: Sequence[str],
+    inputs_json: str | None,
+    database_url: str | None,
+    concurrency: int | None,
+    key: str | None,
+    quiet: bool,
+) -> None:
+    """Run FILE's workflow to the end on this machine, with no server (embedded)."""
+    from gleitzeit.embedded import embedded_client
+
+    import_modules(list(include))
+    loaded = load_workflow(file)
+    inputs = {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}
+    with embedded_client(database_url, concurrency=concurrency) as client:
+        started = client.submit(
+            loaded.workflow, inputs, key=key, registered=client.app.tasks.keys()
+        )
+        click.echo(f"run {started.id} ({loaded.workflow.name}) started", err=True)
+        if not quiet:
+            _show_progress(started)
+        _finish(started)
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@_include
+@_inputs
+@_inputs_json
+def validate(
+    file: str, include: Sequence[str], pairs: Sequence[str], inputs_json: str | None
+) -> None:
+    """Check FILE's workflow and print every problem (exit 1 if there is one)."""
+    import_modules(list(include))
+    loaded = load_workflow(file)
+    given = _parse_inputs(pairs, inputs_json)
+    inputs = {**loaded.inputs, **given} if (given or loaded.inputs) else None
+    loaded.workflow.validate(inputs)
+    click.echo(f"{file}: workflow {loaded.workflow.name!r} is valid "
+               f"({len(loaded.workflow.specs)} tasks)")
+
+
+@main.command()
+@click.argument("file", type=click.Path(dir_okay=False))
+@_include
+@_inputs
+@_inputs_json
+@click.option("--key", help="Idempotency key of the run.")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the run and print its results.")
+def submit(
+    file: str,
+    include: Sequence[str],
+    pairs: Sequence[str],
+    inputs_json: str | None,
+    key: str | None,
+    wait_: bool,
+) -> None:
+    """Submit FILE's workflow to the workers (GLEITZEIT_DATABASE_URL, CELERY_BROKER_URL)."""
+    import_modules(list(include))
+    loaded = load_workflow(file)
+    client = Client()
+    started = client.submit(
+        loaded.workflow, {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}, key=key
+    )
+    click.echo(started.id)
+    if wait_:
+        _finish(started)
+
+
+@main.command()
+@click.argument("run_id")
+def status(run_id: str) -> None:
+    """Print a run's state and its tasks' states."""
+    run_ = Client().get(run_id)
+    record = run_.record
+    click.echo(f"run {record.id} {record.name}: {record.state.value}")
+    for task_id, task in run_.tasks.items():
+        line = f"  {task_id:<24} {task.state.value:<10} attempt {task.attempt}"
+        click.echo(line + (f"  {task.error}" if task.error else ""))
+
+
+@main.command()
+@click.argument("run_id")
+def watch(run_id: str) -> None:
+    """Show a live progress bar of a run until it ends."""
+    run_ = Client().get(run_id)
+    _show_progress(run_)
+    click.echo(f"run {run_id} {run_.status}")
+
+
+@main.command("list")
+@click.option("--status", "status_", type=click.Choice([s.value for s in RunState]))
+@click.option("--name")
+@click.option("--limit", type=int, default=50, show_default=True)
+def list_runs(status_: str | None, name: str | None, limit: int) -> None:
+    """List the newest runs."""
+    for record in Client().runs(status=status_, name=name, limit=limit):
+        done = record.tasks_total - record.tasks_unfinished
+        click.echo(f"{record.id}  {record.name:<24} {record.state.value:<10} "
+                   f"{done}/{record.tasks_total} tasks")
+
+
+@main.command()
+@click.argument("run_id")
+def history(run_id: str) -> None:
+    """Print a run's events in order."""
+    for event in Client().get(run_id).history():
+        stamp = time.strftime("%H:%M:%S", time.localtime(event.created_at))
+        where = f" {event.task_id}#{event.attempt}" if event.task_id else ""
+        click.echo(f"{stamp} {event.type}{where}" + (f" {event.data}" if event.data else ""))
+
+
+@main.group()
+def db() -> None:
+    """The store's schema."""
+
+
+@db.command()
+@_db
+def upgrade(database_url: str | None) -> None:
+    """Create or migrate the store's tables to the newest schema."""
+    from gleitzeit.store.engine import engine_for
+    from gleitzeit.store.migrate import upgrade as run_upgrade
+
+    url = Settings.from_env(database_url=database_url).database_url
+    run_upgrade(engine_for(url))
+    click.echo(f"store at {engine_for(url).url.render_as_string(hide_password=True)} is up to date")
+
+
+def entry() -> None:
+    """The console script: errors as one clear message and exit status 1."""
+    try:
+        main(standalone_mode=False)
+    except WorkflowValidationError as exc:
+        click.echo(str(exc), err=True)
+        sys.exit(1)
+    except GleitzeitError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)

@@ -1,0 +1,102 @@
+"""Tasks the integration tests run on real Celery workers (``-I tests.tasks``).
+
+Side effects are files under a directory the test passes in, so that a test can count
+how often a body really ran, across worker processes.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from celery import shared_task
+
+from gleitzeit import task
+
+
+def _mark(marks: str | None, name: str) -> int:
+    """Record one execution of ``name``; return how many there were before this one."""
+    if marks is None:
+        return 0
+    folder = Path(marks)
+    folder.mkdir(parents=True, exist_ok=True)
+    before = len(list(folder.glob(f"{name}.*")))
+    (folder / f"{name}.{os.getpid()}.{uuid.uuid4().hex}").write_text("")
+    return before
+
+
+def count_marks(marks: str, name: str) -> int:
+    """How many times the task ``name`` ran with this ``marks`` folder."""
+    return len(list(Path(marks).glob(f"{name}.*")))
+
+
+@task(name="tests.noop")
+def noop(marks: str | None = None, name: str = "noop") -> None:
+    _mark(marks, name)
+
+
+@task(name="tests.value")
+def value(value: Any, marks: str | None = None, name: str = "value") -> Any:
+    _mark(marks, name)
+    return value
+
+
+@task(name="tests.add")
+def add(a: float, b: float, marks: str | None = None, name: str = "add") -> float:
+    _mark(marks, name)
+    return a + b
+
+
+@task(name="tests.total")
+def total(values: list[float], marks: str | None = None, name: str = "total") -> float:
+    _mark(marks, name)
+    return sum(values)
+
+
+@task(name="tests.describe")
+def describe(**params: Any) -> dict[str, Any]:
+    """The type name of every param, and the params themselves."""
+    return {
+        "types": {key: type(item).__name__ for key, item in params.items()},
+        "params": params,
+    }
+
+
+@task(name="tests.flaky")
+def flaky(marks: str, name: str, failures: int, result: Any = "ok") -> Any:
+    """Fail with ``ConnectionError`` the first ``failures`` times it runs."""
+    if _mark(marks, name) < failures:
+        raise ConnectionError(f"{name}: transient failure")
+    return result
+
+
+@task(name="tests.fail")
+def fail(message: str = "broken", marks: str | None = None, name: str = "fail") -> None:
+    _mark(marks, name)
+    raise ValueError(message)
+
+
+@task(name="tests.sleep")
+def sleep(seconds: float, marks: str | None = None, name: str = "sleep") -> float:
+    _mark(marks, name)
+    time.sleep(seconds)
+    return seconds
+
+
+@task(name="tests.not_json")
+def not_json() -> Any:
+    return {1, 2, 3}
+
+
+@task(name="tests.big")
+def big(size: int) -> str:
+    return "x" * size
+
+
+@shared_task(name="legacy.multiply")
+def multiply(x: int, y: int) -> int:
+    """An existing plain Celery task, unaware of gleitzeit."""
+    return x * y
