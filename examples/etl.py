@@ -1,8 +1,8 @@
 """A daily sales report: fetch three sources in parallel, parse each, join, report.
 
-    gleitzeit run examples/etl.py                       # embedded, no server
-    gleitzeit run examples/etl.py -i day=2026-11-20     # another day
-    gleitzeit submit examples/etl.py --wait             # on your Celery workers
+gleitzeit run examples/etl.py                       # embedded, no server
+gleitzeit run examples/etl.py -i day=2026-11-20     # another day
+gleitzeit submit examples/etl.py --wait             # on your Celery workers
 """
 
 from __future__ import annotations

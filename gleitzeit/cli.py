@@ -13,6 +13,7 @@ import click
 from gleitzeit.client import Client, Run
 from gleitzeit.errors import GleitzeitError, WorkflowFailed, WorkflowValidationError
 from gleitzeit.loading import import_modules, load_workflow
+from gleitzeit.resolver import DependencyResolver
 from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState
 
@@ -57,10 +58,11 @@ def _show_progress(run: Run, *, interval: float = 0.2) -> None:
             time.sleep(interval)
 
 
-def _finish(run: Run) -> None:
-    """Print results (exit 0) or what failed (exit 1)."""
+def _finish(run: Run, *, only: Sequence[str] | None = None) -> None:
+    """Print results (of the tasks in ``only``, if given; exit 0) or what failed (exit 1)."""
     try:
-        _print_json(run.wait())
+        results = run.wait()
+        _print_json(results if only is None else {k: results[k] for k in only if k in results})
     except WorkflowFailed as exc:
         click.echo(f"run {run.id} ended {exc.status}", err=True)
         for task_id, error in exc.errors.items():
@@ -91,6 +93,7 @@ _db = click.option("--db", "database_url", help="Store URL (default GLEITZEIT_DA
 @click.option("--concurrency", type=int, help="Threads of the in-process worker.")
 @click.option("--key", help="Idempotency key of the run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
+@click.option("--all", "all_results", is_flag=True, help="Print every task's result.")
 def run(
     file: str,
     include: Sequence[str],
@@ -100,8 +103,12 @@ def run(
     concurrency: int | None,
     key: str | None,
     quiet: bool,
+    all_results: bool,
 ) -> None:
-    """Run FILE's workflow to the end on this machine, with no server (embedded)."""
+    """Run FILE's workflow to the end on this machine, with no server (embedded).
+
+    Prints the results of the final tasks (those nothing depends on) as JSON.
+    """
     from gleitzeit.embedded import embedded_client
 
     import_modules(list(include))
@@ -114,7 +121,8 @@ def run(
         click.echo(f"run {started.id} ({loaded.workflow.name}) started", err=True)
         if not quiet:
             _show_progress(started)
-        _finish(started)
+        graph = DependencyResolver(loaded.workflow)
+        _finish(started, only=None if all_results else graph.leaves())
 
 
 @main.command()
@@ -131,8 +139,9 @@ def validate(
     given = _parse_inputs(pairs, inputs_json)
     inputs = {**loaded.inputs, **given} if (given or loaded.inputs) else None
     loaded.workflow.validate(inputs)
-    click.echo(f"{file}: workflow {loaded.workflow.name!r} is valid "
-               f"({len(loaded.workflow.specs)} tasks)")
+    click.echo(
+        f"{file}: workflow {loaded.workflow.name!r} is valid ({len(loaded.workflow.specs)} tasks)"
+    )
 
 
 @main.command()
@@ -191,8 +200,10 @@ def list_runs(status_: str | None, name: str | None, limit: int) -> None:
     """List the newest runs."""
     for record in Client().runs(status=status_, name=name, limit=limit):
         done = record.tasks_total - record.tasks_unfinished
-        click.echo(f"{record.id}  {record.name:<24} {record.state.value:<10} "
-                   f"{done}/{record.tasks_total} tasks")
+        click.echo(
+            f"{record.id}  {record.name:<24} {record.state.value:<10} "
+            f"{done}/{record.tasks_total} tasks"
+        )
 
 
 @main.command()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass
@@ -20,6 +21,18 @@ class Backoff:
     factor: float = 2.0
     cap: float = 300.0
     jitter: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("base", "factor", "cap"):
+            number = getattr(self, name)
+            if isinstance(number, bool) or not isinstance(number, (int, float)):
+                raise TypeError(f"backoff {name} must be a number, got {number!r}")
+            if not (math.isfinite(number) and number >= 0):
+                raise ValueError(f"backoff {name} must be a finite number >= 0, got {number!r}")
+            # 2 and 2.0 are the same policy and must give the same graph hash
+            object.__setattr__(self, name, float(number))
+        if not isinstance(self.jitter, bool):
+            raise TypeError(f"backoff jitter must be true or false, got {self.jitter!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -46,7 +59,10 @@ def compute_backoff(
 ) -> float:
     """Seconds to wait before the next attempt, after ``failed_attempts`` failures (>= 1)."""
     exponent = max(failed_attempts - 1, 0)
-    delay = min(backoff.cap, backoff.base * backoff.factor**exponent)
+    try:
+        delay = min(backoff.cap, backoff.base * backoff.factor**exponent)
+    except OverflowError:
+        delay = backoff.cap
     if backoff.jitter and delay > 0:
         draw = (rng or random).uniform(0.5, 1.0)
         delay *= draw

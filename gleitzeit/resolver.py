@@ -66,7 +66,8 @@ class DependencyResolver:
             self._problems.append(f"{where}: timeout must be a positive number of seconds")
         if spec.on_failure not in ON_FAILURE_CHOICES:
             self._problems.append(
-                f"{where}: on_failure {spec.on_failure!r} is not one of {list(ON_FAILURE_CHOICES)}"
+                f"{where}: on_failure {spec.on_failure!r} is not supported yet "
+                f"(choose from {list(ON_FAILURE_CHOICES)})"
             )
 
     def _add_edges(self, spec: TaskSpec) -> None:
@@ -150,6 +151,10 @@ class DependencyResolver:
 
     def roots(self) -> list[str]:
         return [node for node in self.graph.nodes if self.graph.in_degree(node) == 0]
+
+    def leaves(self) -> list[str]:
+        """Tasks nothing depends on: the results a run is for."""
+        return [node for node in self.graph.nodes if self.graph.out_degree(node) == 0]
 
     def order(self) -> list[str]:
         """Task ids in an order where every task comes after all it depends on."""

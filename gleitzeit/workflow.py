@@ -117,6 +117,13 @@ _TASK_DEFAULTS: dict[int, TaskDefaults] = {}
 F = TypeVar("F", bound=Callable[..., Any])
 
 
+def _seconds(value: float | None) -> float | None:
+    """A timeout as a float, so that 60 and 60.0 give the same graph hash."""
+    if value is None or isinstance(value, bool) or not isinstance(value, (int, float)):
+        return value
+    return float(value)
+
+
 def _retry_on_names(retry_on: Iterable[type[BaseException] | str]) -> tuple[str, ...]:
     return tuple(item if isinstance(item, str) else type_name(item) for item in retry_on)
 
@@ -167,7 +174,7 @@ def task(
             retries=retries,
             backoff=Backoff.coerce(backoff),
             retry_on=_retry_on_names(retry_on),
-            timeout=timeout,
+            timeout=_seconds(timeout),
             queue=queue,
             priority=priority,
         )
@@ -250,7 +257,7 @@ class Workflow:
             retries=defaults.retries if retries is None else retries,
             backoff=defaults.backoff if backoff is None else Backoff.coerce(backoff),
             retry_on=defaults.retry_on if retry_on is None else _retry_on_names(retry_on),
-            timeout=defaults.timeout if timeout is None else timeout,
+            timeout=defaults.timeout if timeout is None else _seconds(timeout),
             on_failure=on_failure,
             queue=defaults.queue if queue is None else queue,
             priority=defaults.priority if priority is None else priority,

@@ -51,7 +51,9 @@ def store(database_url: str) -> Store:
 @pytest.fixture(scope="session")
 def broker_url(redis_server: RedisServer, database_url: str) -> str:
     # one Redis database per store, so the two sets of workers never share a queue
-    return redis_server.url_for(STORES.index("sqlite" if "sqlite" in database_url else "postgresql"))
+    return redis_server.url_for(
+        STORES.index("sqlite" if "sqlite" in database_url else "postgresql")
+    )
 
 
 @pytest.fixture(scope="session")
@@ -83,4 +85,3 @@ def marks(tmp_path: Path) -> str:
     folder = tmp_path / "marks"
     folder.mkdir()
     return str(folder)
-

@@ -127,10 +127,7 @@ class Store:
         if plan.key is not None:
             dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
             stmt = (
-                dialect.insert(runs)
-                .values(**stamped)
-                .on_conflict_do_nothing()
-                .returning(runs.c.id)
+                dialect.insert(runs).values(**stamped).on_conflict_do_nothing().returning(runs.c.id)
             )
             # no row back: the key names a run already (rowcount is not reliable here)
             if conn.execute(stmt).one_or_none() is None:
@@ -299,6 +296,15 @@ class Store:
             .returning(tasks.c.name, tasks.c.params, tasks.c.sources, tasks.c.options)
         ).one_or_none()
         if row is None:
+            # a duplicate delivery or a superseded attempt: seen, kept in history, not run
+            self._event(
+                conn,
+                run_id,
+                f"{task_id}:{attempt}:ignored-delivery",
+                "delivery_ignored",
+                task_id,
+                attempt,
+            )
             return None
         conn.execute(
             insert(attempts).values(started_at=db_now()),

@@ -273,21 +273,20 @@ def test_bad_task_options_are_reported(options: dict[str, Any], fragment: str) -
     assert contains(problems_of(wf), "'t'", fragment)
 
 
-@pytest.mark.parametrize("on_failure", ["block", "skip", "alternative:fallback"])
-def test_the_on_failure_choices_of_the_spec_are_valid(on_failure: str) -> None:
-    # SPEC 3: on_failure is "block", "skip" or "alternative:<task id>".
+def test_block_is_a_valid_on_failure() -> None:
     wf = Workflow("w")
-    wf.task("fallback", "app.fallback")
-    wf.task("t", "app.x", on_failure=on_failure)
+    wf.task("t", "app.x", on_failure="block")
     assert DependencyResolver(wf).problems() == []
 
 
-def test_alternative_naming_a_missing_task_is_reported() -> None:
+@pytest.mark.parametrize("on_failure", ["skip", "alternative:fallback"])
+def test_failure_strategies_not_built_yet_are_refused_clearly(on_failure: str) -> None:
+    # SPEC 3's "skip" and "alternative:<id>" come with the failure-strategies issue; until
+    # then a workflow naming them is refused before anything runs, never half-run.
     wf = Workflow("w")
-    wf.task("t", "app.x", on_failure="alternative:ghost")
-    problems = problems_of(wf)
-    assert contains(problems, "'t'", "'ghost'")
-    assert not contains(problems, "is not one of")
+    wf.task("fallback", "app.fallback")
+    wf.task("t", "app.x", on_failure=on_failure)
+    assert contains(problems_of(wf), "'t'", repr(on_failure), "not supported yet")
 
 
 # -- inputs and registered names -------------------------------------------------------

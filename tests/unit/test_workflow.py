@@ -290,8 +290,15 @@ def test_the_data_form_round_trips(reload: Any) -> None:
     assert again.name == wf.name
     assert again.specs == wf.specs
     assert again.to_dict() == wf.to_dict()
-    assert again.graph_hash() == wf.graph_hash()
     again.validate(inputs={"day": "d"})
+
+
+def test_the_graph_hash_survives_json_and_yaml() -> None:
+    # The stored graph hash guards workflow-level retry; the same graph must hash the same
+    # whether it was built in Python or read back from JSON/YAML (the CLI and HTTP forms).
+    wf = full_workflow()
+    assert Workflow.from_json(wf.to_json()).graph_hash() == wf.graph_hash()
+    assert Workflow.from_yaml(yaml.safe_dump(wf.to_dict())).graph_hash() == wf.graph_hash()
 
 
 def test_the_graph_hash_changes_with_the_graph() -> None:
@@ -420,8 +427,6 @@ def test_backoff_fields_of_the_wrong_type_are_reported(backoff: dict[str, Any], 
 
 
 def test_an_int_timeout_keeps_its_graph_hash_through_the_data_form() -> None:
-    # The stored graph hash guards workflow-level retry; the same graph must hash the same
-    # whether it was built in Python or read back from JSON/YAML.
     wf = Workflow("w")
     wf.task("a", "app.a", timeout=60)
     again = Workflow.from_json(wf.to_json())

@@ -1,0 +1,164 @@
+"""The store on real SQLite and PostgreSQL: schema, claims, fencing, counters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import event
+
+from gleitzeit import RunState, TaskState, Workflow
+from gleitzeit.client import plan_run
+from gleitzeit.store import ErrorInfo, Store
+from gleitzeit.store.tables import metadata
+
+
+def chain(length: int) -> Workflow:
+    wf = Workflow(f"chain-{length}")
+    wf.task("t0", "tests.value", params={"value": 0})
+    for i in range(1, length):
+        wf.task(f"t{i}", "tests.add", params={"a": f"${{t{i - 1}.result}}", "b": 1})
+    return wf
+
+
+def fan(width: int) -> Workflow:
+    wf = Workflow(f"fan-{width}")
+    wf.task("start", "tests.value", params={"value": 1})
+    for i in range(width):
+        wf.task(f"p{i}", "tests.value", params={"value": "${start.result}"})
+    wf.task("join", "tests.total", params={"values": [f"${{p{i}.result}}" for i in range(width)]})
+    return wf
+
+
+def start_and_succeed(store: Store, run_id: str, task_id: str, attempt: int, result: str) -> list:
+    assert store.start_attempt(run_id, task_id, attempt, worker="test") is not None
+    recorded = store.record_success(run_id, task_id, attempt, result)
+    assert recorded.recorded
+    return recorded.dispatches
+
+
+@pytest.fixture
+def statements(store: Store) -> Iterator[list[str]]:
+    """Every SQL statement the store's engine runs while the test looks."""
+    seen: list[str] = []
+
+    def count(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement)
+
+    event.listen(store.engine, "before_cursor_execute", count)
+    try:
+        yield seen
+    finally:
+        event.remove(store.engine, "before_cursor_execute", count)
+
+
+def test_migrations_match_the_tables(store: Store) -> None:
+    with store.engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def test_submit_claims_only_the_roots(store: Store) -> None:
+    submitted = store.create_run(plan_run(fan(3), {}))
+
+    assert [d.task_id for d in submitted.dispatches] == ["start"]
+    tasks = store.get_tasks(submitted.run_id)
+    assert tasks["start"].state is TaskState.QUEUED and tasks["start"].attempt == 1
+    assert {tasks[f"p{i}"].state for i in range(3)} == {TaskState.PENDING}
+    assert store.get_run(submitted.run_id).state is RunState.RUNNING
+
+
+def test_a_join_is_claimed_by_the_last_parent_only(store: Store) -> None:
+    run_id = store.create_run(plan_run(fan(3), {})).run_id
+    released = start_and_succeed(store, run_id, "start", 1, "1")
+    assert sorted(d.task_id for d in released) == ["p0", "p1", "p2"]
+
+    assert start_and_succeed(store, run_id, "p0", 1, "1") == []
+    assert start_and_succeed(store, run_id, "p1", 1, "1") == []
+    last = start_and_succeed(store, run_id, "p2", 1, "1")
+
+    assert [(d.task_id, d.attempt) for d in last] == [("join", 1)]
+
+
+def test_an_outcome_is_recorded_once(store: Store) -> None:
+    run_id = store.create_run(plan_run(chain(2), {})).run_id
+    assert store.start_attempt(run_id, "t0", 1) is not None
+    assert store.start_attempt(run_id, "t0", 1) is None  # a second delivery does no work
+
+    first = store.record_success(run_id, "t0", 1, "0")
+    second = store.record_success(run_id, "t0", 1, "0")
+    late_failure = store.record_failure(run_id, "t0", 1, ErrorInfo("ValueError", "late"))
+
+    assert first.recorded and [d.task_id for d in first.dispatches] == ["t1"]
+    assert not second.recorded and second.dispatches == []
+    assert not late_failure.recorded
+    assert store.get_tasks(run_id)["t0"].state is TaskState.SUCCEEDED
+    kinds = [e.type for e in store.get_events(run_id) if e.task_id == "t0"]
+    assert kinds.count("task_succeeded") == 1
+    assert "outcome_ignored" in kinds
+
+
+def test_concurrent_completions_of_one_attempt_release_children_once(store: Store) -> None:
+    run_id = store.create_run(plan_run(fan(20), {})).run_id
+    assert store.start_attempt(run_id, "start", 1) is not None
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        outcomes = list(
+            pool.map(lambda _: store.record_success(run_id, "start", 1, "1"), range(16))
+        )
+
+    assert sum(o.recorded for o in outcomes) == 1
+    assert sorted(d.task_id for o in outcomes for d in o.dispatches) == sorted(
+        f"p{i}" for i in range(20)
+    )
+    assert len(store.get_dispatches(run_id)) == 21
+
+
+def test_a_retry_is_a_new_attempt_with_its_own_dispatch(store: Store) -> None:
+    run_id = store.create_run(plan_run(chain(1), {})).run_id
+    store.start_attempt(run_id, "t0", 1)
+
+    retried = store.record_failure(run_id, "t0", 1, ErrorInfo("OSError", "flaky"), retry_in=2.5)
+
+    assert [(d.task_id, d.attempt, d.countdown) for d in retried.dispatches] == [("t0", 2, 2.5)]
+    assert store.start_attempt(run_id, "t0", 1) is None  # the old attempt is fenced off
+    assert store.start_attempt(run_id, "t0", 2) is not None
+    assert store.record_success(run_id, "t0", 2, "7").recorded
+    task = store.get_tasks(run_id)["t0"]
+    assert (task.state, task.attempt, task.result) == (TaskState.SUCCEEDED, 2, 7)
+    assert [a.state for a in task.attempts] == ["failed", "succeeded"]
+    assert store.get_run(run_id).state is RunState.SUCCEEDED
+
+
+def test_a_failure_blocks_everything_downstream_and_ends_the_run(store: Store) -> None:
+    run_id = store.create_run(plan_run(chain(5), {})).run_id
+    store.start_attempt(run_id, "t0", 1)
+
+    store.record_failure(run_id, "t0", 1, ErrorInfo("ValueError", "bad"))
+
+    states = {k: t.state for k, t in store.get_tasks(run_id).items()}
+    assert states == {"t0": TaskState.FAILED, **{f"t{i}": TaskState.BLOCKED for i in range(1, 5)}}
+    record = store.get_run(run_id)
+    assert (record.state, record.tasks_unfinished, record.tasks_failed) == (RunState.FAILED, 0, 1)
+
+
+def _statements_to_finish_one_task(store: Store, statements: list[str], length: int) -> int:
+    run_id = store.create_run(plan_run(chain(length), {})).run_id
+    for i in range(3):
+        start_and_succeed(store, run_id, f"t{i}", 1, str(i))
+    statements.clear()
+    start_and_succeed(store, run_id, "t3", 1, "3")
+    return len(statements)
+
+
+def test_finishing_a_task_costs_the_same_in_a_small_and_a_huge_graph(
+    store: Store, statements: list[str]
+) -> None:
+    small = _statements_to_finish_one_task(store, statements, 10)
+    huge = _statements_to_finish_one_task(store, statements, 10_000)
+
+    assert small == huge
+    assert small <= 16
