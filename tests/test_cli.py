@@ -1,0 +1,138 @@
+"""The ``gleitzeit`` console script, run as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.services import REPO_ROOT
+
+GLEITZEIT = shutil.which("gleitzeit", path=str(Path(sys.executable).parent)) or "gleitzeit"
+
+
+def gleitzeit(
+    *args: str, cwd: Path = REPO_ROOT, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GLEITZEIT, *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, check=False
+    )
+
+
+def test_run_executes_the_example_embedded(tmp_path: Path) -> None:
+    db = tmp_path / "embedded.db"
+
+    done = gleitzeit("run", "examples/etl.py", "--db", f"sqlite:///{db}")
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)["report"]
+    assert report == {
+        "day": "2026-11-21",
+        "revenue": 1478.8,
+        "by_product": {"kettle": 678.3, "grinder": 531.0, "toaster": 269.5},
+        "by_source": {"north": 456.3, "south": 574.5, "west": 448.0},
+    }
+    assert "run " in done.stderr and db.exists()
+
+
+def test_run_takes_inputs_and_prints_every_result_on_request(tmp_path: Path) -> None:
+    done = gleitzeit(
+        "run",
+        "examples/etl.py",
+        "--db",
+        f"sqlite:///{tmp_path / 'x.db'}",
+        "-i",
+        "day=2026-11-20",
+        "--all",
+        "--quiet",
+    )
+
+    assert done.returncode == 0, done.stderr
+    results = json.loads(done.stdout)
+    assert results["report"]["revenue"] == round(478.8 + 122.5 + 159.6, 2)
+    assert set(results) == {
+        "fetch_north",
+        "fetch_south",
+        "fetch_west",
+        "parse_north",
+        "parse_south",
+        "parse_west",
+        "join",
+        "report",
+    }
+
+
+def test_run_of_a_failing_workflow_exits_1_naming_the_task(tmp_path: Path) -> None:
+    flow = tmp_path / "broken.yaml"
+    flow.write_text(
+        "name: broken\n"
+        "tasks:\n"
+        "  - {id: ok, task: tests.value, params: {value: 1}}\n"
+        "  - {id: bad, task: tests.fail, params: {message: 'no ${ok.result}'}}\n"
+    )
+
+    done = gleitzeit(
+        "run", str(flow), "-I", "tests.tasks", "--db", f"sqlite:///{tmp_path / 'x.db'}", "--quiet"
+    )
+
+    assert done.returncode == 1
+    assert "ended failed" in done.stderr
+    assert "bad: ValueError: no 1" in done.stderr
+
+
+def test_validate_accepts_a_good_file() -> None:
+    done = gleitzeit("validate", "examples/etl.py")
+
+    assert done.returncode == 0, done.stderr
+    assert "is valid (8 tasks)" in done.stdout
+
+
+def test_validate_prints_every_problem(tmp_path: Path) -> None:
+    flow = tmp_path / "bad.json"
+    flow.write_text(
+        json.dumps(
+            {
+                "name": "bad",
+                "tasks": [
+                    {"id": "a", "task": "x.a", "params": {"v": "${c.result}"}},
+                    {"id": "b", "task": "x.b", "params": {"v": "${a.result}"}},
+                    {
+                        "id": "c",
+                        "task": "x.c",
+                        "params": {"v": "${b.result}", "w": "${ghost.result}"},
+                    },
+                    {"id": "d", "task": "x.d", "depends_on": ["d"]},
+                ],
+            }
+        )
+    )
+
+    done = gleitzeit("validate", str(flow))
+
+    assert done.returncode == 1
+    assert "cycle: a -> b -> c -> a" in done.stderr
+    assert "unknown task 'ghost'" in done.stderr
+    assert "task 'd' depends on itself" in done.stderr
+
+
+def test_validate_reports_broken_yaml_with_its_line(tmp_path: Path) -> None:
+    flow = tmp_path / "broken.yaml"
+    flow.write_text("name: x\ntasks:\n  - id: a\n    task: [unclosed\n")
+
+    done = gleitzeit("validate", str(flow))
+
+    assert done.returncode == 1
+    assert "invalid YAML at line" in done.stderr
+    assert str(flow) in done.stderr
+
+
+@pytest.mark.parametrize("args", [["validate", "nowhere.yaml"], ["run", "nowhere.py"]])
+def test_a_missing_file_is_a_clear_error(args: list[str], tmp_path: Path) -> None:
+    done = gleitzeit(*args, cwd=tmp_path)
+
+    assert done.returncode != 0
+    assert "nowhere" in done.stderr
