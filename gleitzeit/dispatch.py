@@ -20,6 +20,7 @@ from tenacity import (
     wait_random_exponential,
 )
 
+from gleitzeit.crashpoints import crash_point
 from gleitzeit.errors import DispatchFailure
 from gleitzeit.store import Dispatch, Store
 
@@ -68,6 +69,7 @@ class Dispatcher:
         """Publish every claimed attempt; return those that reached the broker."""
         if not claimed:
             return []
+        crash_point("after_claim_commit")
         published: list[Dispatch] = []
         retrying = Retrying(
             retry=retry_if_exception_type(_TRANSIENT),
@@ -89,6 +91,8 @@ class Dispatcher:
                 exc,
             )
         finally:
+            if published:
+                crash_point("after_publish")
             self.store.mark_published(published)
         return published
 

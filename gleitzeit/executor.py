@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gleitzeit import codec, policy, refs
+from gleitzeit.crashpoints import crash_point
 from gleitzeit.dispatch import Dispatcher
 from gleitzeit.errors import ReferenceResolutionError, ResultError
 from gleitzeit.policy import Backoff
@@ -69,6 +70,7 @@ class Executor:
                 attempt,
             )
             return
+        crash_point("after_start_commit")
         outcome = self._run(started)
         if isinstance(outcome, Failure):
             recorded = self.store.record_failure(

@@ -60,12 +60,12 @@ def broker_url(redis_server: RedisServer, database_url: str) -> str:
 def worker(
     broker_url: str, database_url: str, store: Store, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CeleryWorker]:
-    """One Celery worker with two prefork processes, as ``celery -A gleitzeit.worker``."""
+    """One Celery worker with four prefork processes, as ``celery -A gleitzeit.worker``."""
     started = CeleryWorker.start(
         broker_url=broker_url,
         database_url=database_url,
         log_dir=tmp_path_factory.mktemp("worker"),
-        concurrency=2,
+        concurrency=4,
     )
     try:
         started.wait_ready(timeout=60)

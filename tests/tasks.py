@@ -86,6 +86,19 @@ def sleep(seconds: float, marks: str | None = None, name: str = "sleep") -> floa
     return seconds
 
 
+@task(name="tests.wait_for")
+def wait_for(barrier: str, marks: str, name: str, timeout: float = 60.0) -> str:
+    """Say it is waiting, then wait until the file ``barrier`` exists."""
+    _mark(marks, f"waiting-{name}")
+    deadline = time.monotonic() + timeout
+    while not Path(barrier).exists():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"barrier {barrier} never opened")
+        time.sleep(0.005)
+    _mark(marks, name)
+    return name
+
+
 @task(name="tests.not_json")
 def not_json() -> Any:
     return {1, 2, 3}
