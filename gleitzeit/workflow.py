@@ -12,7 +12,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, TypeVar, overload
+from typing import Any, TypeVar
 
 import yaml
 
@@ -126,25 +126,6 @@ def _seconds(value: float | None) -> float | None:
 
 def _retry_on_names(retry_on: Iterable[type[BaseException] | str]) -> tuple[str, ...]:
     return tuple(item if isinstance(item, str) else type_name(item) for item in retry_on)
-
-
-@overload
-def task(fn: F) -> Any: ...
-
-
-@overload
-def task(
-    fn: None = None,
-    *,
-    name: str | None = None,
-    retries: int = 0,
-    backoff: Backoff | Mapping[str, Any] | float | None = None,
-    retry_on: Iterable[type[BaseException] | str] = (),
-    timeout: float | None = None,
-    queue: str | None = None,
-    priority: int | None = None,
-    **celery_options: Any,
-) -> Callable[[F], Any]: ...
 
 
 def task(

@@ -279,17 +279,9 @@ class Store:
         self, conn: Connection, run_id: str, task_id: str, attempt: int, worker: str | None
     ) -> StartedAttempt | None:
         row = conn.execute(
-            update(tasks)
-            .where(
-                tasks.c.run_id == run_id,
-                tasks.c.task_id == task_id,
-                tasks.c.attempt == attempt,
-                tasks.c.state.in_(task_sources(TaskState.RUNNING)),
-            )
+            _move(run_id, task_id, attempt, TaskState.RUNNING)
             .values(
-                state=TaskState.RUNNING.value,
                 started_at=db_now(),
-                updated_at=db_now(),
                 lease_until=db_now() + self.lease_seconds,
                 deliveries=tasks.c.deliveries + 1,
             )
@@ -419,16 +411,7 @@ class Store:
         return Recorded(True, claimed)
 
     def _finish(self, run_id: str, task_id: str, attempt: int, state: TaskState) -> Any:
-        return (
-            update(tasks)
-            .where(
-                tasks.c.run_id == run_id,
-                tasks.c.task_id == task_id,
-                tasks.c.attempt == attempt,
-                tasks.c.state.in_(task_sources(state)),
-            )
-            .values(state=state.value, finished_at=db_now(), updated_at=db_now())
-        )
+        return _move(run_id, task_id, attempt, state).values(finished_at=db_now())
 
     def record_failure(
         self,
@@ -458,15 +441,8 @@ class Store:
         retry_in: float,
     ) -> Recorded:
         row = conn.execute(
-            update(tasks)
-            .where(
-                tasks.c.run_id == run_id,
-                tasks.c.task_id == task_id,
-                tasks.c.attempt == attempt,
-                tasks.c.state.in_(task_sources(TaskState.RETRYING)),
-            )
+            _move(run_id, task_id, attempt, TaskState.RETRYING)
             .values(
-                state=TaskState.RETRYING.value,
                 attempt=attempt + 1,
                 error_type=error.type,
                 error_message=error.message,
@@ -713,6 +689,24 @@ class Store:
             return {row.task_id: codec.loads(row.result) for row in conn.execute(query)}
 
         return self._transaction(work, read=True)
+
+
+def _move(run_id: str, task_id: str, attempt: int, new: TaskState) -> Any:
+    """The one conditional ``UPDATE`` by which an attempt changes state.
+
+    It matches only while the task is on ``attempt`` (the fencing token) and in a state
+    the transition table allows to move to ``new``; its row count says whether it did.
+    """
+    return (
+        update(tasks)
+        .where(
+            tasks.c.run_id == run_id,
+            tasks.c.task_id == task_id,
+            tasks.c.attempt == attempt,
+            tasks.c.state.in_(task_sources(new)),
+        )
+        .values(state=new.value, updated_at=db_now())
+    )
 
 
 def _run_record(row: Any) -> RunRecord:

@@ -162,3 +162,16 @@ def test_finishing_a_task_costs_the_same_in_a_small_and_a_huge_graph(
 
     assert small == huge
     assert small <= 16
+
+
+def test_an_event_recorded_twice_is_kept_once(store: Store) -> None:
+    run_id = store.create_run(plan_run(chain(1), {})).run_id
+    store.start_attempt(run_id, "t0", 1)
+
+    for _ in range(3):
+        assert store.start_attempt(run_id, "t0", 1) is None  # the same delivery, again
+
+    ignored = [e for e in store.get_events(run_id) if e.type == "delivery_ignored"]
+    assert [(e.task_id, e.attempt, e.key) for e in ignored] == [("t0", 1, "t0:1:ignored-delivery")]
+    keys = [e.key for e in store.get_events(run_id)]
+    assert len(keys) == len(set(keys))
