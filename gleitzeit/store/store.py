@@ -453,16 +453,7 @@ class Store:
         ).one_or_none()
         if row is None:
             return self._fenced_off(conn, run_id, task_id, attempt, "failed")
-        self._end_attempt(conn, run_id, task_id, attempt, TaskState.FAILED, error)
-        self._event(
-            conn,
-            run_id,
-            f"{task_id}:{attempt}:retrying",
-            "task_retrying",
-            task_id,
-            attempt,
-            data={"error": f"{error.type}: {error.message}", "retry_in": retry_in},
-        )
+        self._attempt_failed(conn, run_id, task_id, attempt, error, "retrying", retry_in=retry_in)
         retry = self._dispatch(run_id, task_id, attempt + 1, row.options, countdown=retry_in)
         self._write_dispatches(conn, [retry])
         return Recorded(True, [retry])
@@ -477,19 +468,32 @@ class Store:
         ).one_or_none()
         if row is None:
             return self._fenced_off(conn, run_id, task_id, attempt, "failed")
+        self._attempt_failed(conn, run_id, task_id, attempt, error, "failed")
+        blocked = self._block_descendants(conn, run_id, task_id, codec.loads(row.children))
+        self._tasks_finished(conn, run_id, finished=1 + blocked, failed=1)
+        return Recorded(True, [])
+
+    def _attempt_failed(
+        self,
+        conn: Connection,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        error: ErrorInfo,
+        outcome: str,
+        **data: Any,
+    ) -> None:
+        """Close the attempt's row with its error and record the task's ``outcome`` event."""
         self._end_attempt(conn, run_id, task_id, attempt, TaskState.FAILED, error)
         self._event(
             conn,
             run_id,
-            f"{task_id}:{attempt}:failed",
-            "task_failed",
+            f"{task_id}:{attempt}:{outcome}",
+            f"task_{outcome}",
             task_id,
             attempt,
-            data={"error": f"{error.type}: {error.message}"},
+            data={"error": f"{error.type}: {error.message}", **data},
         )
-        blocked = self._block_descendants(conn, run_id, task_id, codec.loads(row.children))
-        self._tasks_finished(conn, run_id, finished=1 + blocked, failed=1)
-        return Recorded(True, [])
 
     def _block_descendants(
         self, conn: Connection, run_id: str, failed: str, children: list[str]
