@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from tenacity import (
@@ -26,12 +26,12 @@ from tenacity import (
 )
 
 from gleitzeit import codec
-from gleitzeit.errors import IdempotencyConflict, RunNotFound, StorageFailure
+from gleitzeit.errors import IdempotencyConflict, StorageFailure
 from gleitzeit.states import RunState, TaskState, run_sources, task_sources
+from gleitzeit.store import reads
 from gleitzeit.store.engine import engine_for
 from gleitzeit.store.migrate import ensure_schema
 from gleitzeit.store.records import (
-    AttemptRecord,
     Dispatch,
     DispatchRecord,
     ErrorInfo,
@@ -592,107 +592,30 @@ class Store:
     # -- reads ---------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> RunRecord:
-        def work(conn: Connection) -> RunRecord:
-            row = conn.execute(select(runs).where(runs.c.id == run_id)).one_or_none()
-            if row is None:
-                raise RunNotFound(run_id)
-            return _run_record(row)
-
-        return self._transaction(work, read=True)
+        return self._transaction(lambda conn: reads.get_run(conn, run_id), read=True)
 
     def list_runs(
         self, *, status: str | None = None, name: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
-        def work(conn: Connection) -> list[RunRecord]:
-            query = select(runs).order_by(runs.c.created_at.desc()).limit(limit)
-            if status is not None:
-                query = query.where(runs.c.state == RunState(status).value)
-            if name is not None:
-                query = query.where(runs.c.name == name)
-            return [_run_record(row) for row in conn.execute(query)]
-
-        return self._transaction(work, read=True)
+        return self._transaction(
+            lambda conn: reads.list_runs(conn, status=status, name=name, limit=limit), read=True
+        )
 
     def get_tasks(self, run_id: str, *, with_attempts: bool = True) -> dict[str, TaskRecord]:
-        def work(conn: Connection) -> dict[str, TaskRecord]:
-            by_task: dict[str, list[AttemptRecord]] = {}
-            if with_attempts:
-                query = (
-                    select(attempts)
-                    .where(attempts.c.run_id == run_id)
-                    .order_by(attempts.c.task_id, attempts.c.attempt)
-                )
-                for row in conn.execute(query):
-                    by_task.setdefault(row.task_id, []).append(_attempt_record(row))
-            found = conn.execute(select(tasks).where(tasks.c.run_id == run_id)).all()
-            return {row.task_id: _task_record(row, by_task.get(row.task_id, [])) for row in found}
-
-        return self._transaction(work, read=True)
-
-    def count_task_states(self, run_id: str) -> dict[str, int]:
-        def work(conn: Connection) -> dict[str, int]:
-            query = (
-                select(tasks.c.state, func.count())
-                .where(tasks.c.run_id == run_id)
-                .group_by(tasks.c.state)
-            )
-            return {state: count for state, count in conn.execute(query).tuples()}
-
-        return self._transaction(work, read=True)
+        return self._transaction(
+            lambda conn: reads.get_tasks(conn, run_id, with_attempts=with_attempts), read=True
+        )
 
     def get_events(self, run_id: str) -> list[EventRecord]:
-        def work(conn: Connection) -> list[EventRecord]:
-            query = select(events).where(events.c.run_id == run_id).order_by(events.c.id)
-            return [
-                EventRecord(
-                    id=row.id,
-                    key=row.key,
-                    type=row.type,
-                    task_id=row.task_id,
-                    attempt=row.attempt,
-                    data=codec.loads(row.data),
-                    created_at=row.created_at,
-                )
-                for row in conn.execute(query)
-            ]
-
-        return self._transaction(work, read=True)
+        return self._transaction(lambda conn: reads.get_events(conn, run_id), read=True)
 
     def get_dispatches(self, run_id: str) -> list[DispatchRecord]:
         """The dispatch ledger of a run: one row per published attempt."""
-
-        def work(conn: Connection) -> list[DispatchRecord]:
-            query = (
-                select(dispatches)
-                .where(dispatches.c.run_id == run_id)
-                .order_by(dispatches.c.created_at, dispatches.c.task_id, dispatches.c.attempt)
-            )
-            return [
-                DispatchRecord(
-                    task_id=row.task_id,
-                    attempt=row.attempt,
-                    message_id=row.message_id,
-                    queue=row.queue,
-                    countdown=row.countdown,
-                    created_at=row.created_at,
-                    published_at=row.published_at,
-                    publish_count=row.publish_count,
-                )
-                for row in conn.execute(query)
-            ]
-
-        return self._transaction(work, read=True)
+        return self._transaction(lambda conn: reads.get_dispatches(conn, run_id), read=True)
 
     def get_results(self, run_id: str) -> dict[str, Any]:
         """Results of the run's succeeded tasks, by task id."""
-
-        def work(conn: Connection) -> dict[str, Any]:
-            query = select(tasks.c.task_id, tasks.c.result).where(
-                and_(tasks.c.run_id == run_id, tasks.c.state == TaskState.SUCCEEDED.value)
-            )
-            return {row.task_id: codec.loads(row.result) for row in conn.execute(query)}
-
-        return self._transaction(work, read=True)
+        return self._transaction(lambda conn: reads.get_results(conn, run_id), read=True)
 
 
 def _move(run_id: str, task_id: str, attempt: int, new: TaskState) -> Any:
@@ -710,55 +633,6 @@ def _move(run_id: str, task_id: str, attempt: int, new: TaskState) -> Any:
             tasks.c.state.in_(task_sources(new)),
         )
         .values(state=new.value, updated_at=db_now())
-    )
-
-
-def _run_record(row: Any) -> RunRecord:
-    return RunRecord(
-        id=row.id,
-        name=row.name,
-        key=row.key,
-        state=RunState(row.state),
-        graph=codec.loads(row.graph),
-        graph_hash=row.graph_hash,
-        inputs=codec.loads(row.inputs),
-        tasks_total=row.tasks_total,
-        tasks_unfinished=row.tasks_unfinished,
-        tasks_failed=row.tasks_failed,
-        error=row.error,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        finished_at=row.finished_at,
-    )
-
-
-def _attempt_record(row: Any) -> AttemptRecord:
-    return AttemptRecord(
-        task_id=row.task_id,
-        attempt=row.attempt,
-        state=row.state,
-        worker=row.worker,
-        error_type=row.error_type,
-        error_message=row.error_message,
-        traceback=row.traceback,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-    )
-
-
-def _task_record(row: Any, attempt_records: list[AttemptRecord]) -> TaskRecord:
-    return TaskRecord(
-        task_id=row.task_id,
-        name=row.name,
-        state=TaskState(row.state),
-        attempt=row.attempt,
-        result=codec.loads(row.result),
-        error_type=row.error_type,
-        error_message=row.error_message,
-        queued_at=row.queued_at,
-        started_at=row.started_at,
-        finished_at=row.finished_at,
-        attempts=attempt_records,
     )
 
 

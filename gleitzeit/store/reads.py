@@ -1,0 +1,148 @@
+"""The store's read queries, each a function of an open connection."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, and_, select
+
+from gleitzeit import codec
+from gleitzeit.errors import RunNotFound
+from gleitzeit.states import RunState, TaskState
+from gleitzeit.store.records import (
+    AttemptRecord,
+    DispatchRecord,
+    EventRecord,
+    RunRecord,
+    TaskRecord,
+)
+from gleitzeit.store.tables import attempts, dispatches, events, runs, tasks
+
+
+def get_run(conn: Connection, run_id: str) -> RunRecord:
+    row = conn.execute(select(runs).where(runs.c.id == run_id)).one_or_none()
+    if row is None:
+        raise RunNotFound(run_id)
+    return _run_record(row)
+
+
+def list_runs(
+    conn: Connection, *, status: str | None = None, name: str | None = None, limit: int = 50
+) -> list[RunRecord]:
+    query = select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+    if status is not None:
+        query = query.where(runs.c.state == RunState(status).value)
+    if name is not None:
+        query = query.where(runs.c.name == name)
+    return [_run_record(row) for row in conn.execute(query)]
+
+
+def get_tasks(
+    conn: Connection, run_id: str, *, with_attempts: bool = True
+) -> dict[str, TaskRecord]:
+    by_task: dict[str, list[AttemptRecord]] = {}
+    if with_attempts:
+        query = (
+            select(attempts)
+            .where(attempts.c.run_id == run_id)
+            .order_by(attempts.c.task_id, attempts.c.attempt)
+        )
+        for row in conn.execute(query):
+            by_task.setdefault(row.task_id, []).append(_attempt_record(row))
+    found = conn.execute(select(tasks).where(tasks.c.run_id == run_id)).all()
+    return {row.task_id: _task_record(row, by_task.get(row.task_id, [])) for row in found}
+
+
+def get_events(conn: Connection, run_id: str) -> list[EventRecord]:
+    query = select(events).where(events.c.run_id == run_id).order_by(events.c.id)
+    return [
+        EventRecord(
+            id=row.id,
+            key=row.key,
+            type=row.type,
+            task_id=row.task_id,
+            attempt=row.attempt,
+            data=codec.loads(row.data),
+            created_at=row.created_at,
+        )
+        for row in conn.execute(query)
+    ]
+
+
+def get_dispatches(conn: Connection, run_id: str) -> list[DispatchRecord]:
+    """The dispatch ledger of a run: one row per published attempt."""
+    query = (
+        select(dispatches)
+        .where(dispatches.c.run_id == run_id)
+        .order_by(dispatches.c.created_at, dispatches.c.task_id, dispatches.c.attempt)
+    )
+    return [
+        DispatchRecord(
+            task_id=row.task_id,
+            attempt=row.attempt,
+            message_id=row.message_id,
+            queue=row.queue,
+            countdown=row.countdown,
+            created_at=row.created_at,
+            published_at=row.published_at,
+            publish_count=row.publish_count,
+        )
+        for row in conn.execute(query)
+    ]
+
+
+def get_results(conn: Connection, run_id: str) -> dict[str, Any]:
+    """Results of the run's succeeded tasks, by task id."""
+    query = select(tasks.c.task_id, tasks.c.result).where(
+        and_(tasks.c.run_id == run_id, tasks.c.state == TaskState.SUCCEEDED.value)
+    )
+    return {row.task_id: codec.loads(row.result) for row in conn.execute(query)}
+
+
+def _run_record(row: Any) -> RunRecord:
+    return RunRecord(
+        id=row.id,
+        name=row.name,
+        key=row.key,
+        state=RunState(row.state),
+        graph=codec.loads(row.graph),
+        graph_hash=row.graph_hash,
+        inputs=codec.loads(row.inputs),
+        tasks_total=row.tasks_total,
+        tasks_unfinished=row.tasks_unfinished,
+        tasks_failed=row.tasks_failed,
+        error=row.error,
+        created_at=row.created_at,
+        updated_at=row.updated_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _attempt_record(row: Any) -> AttemptRecord:
+    return AttemptRecord(
+        task_id=row.task_id,
+        attempt=row.attempt,
+        state=row.state,
+        worker=row.worker,
+        error_type=row.error_type,
+        error_message=row.error_message,
+        traceback=row.traceback,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+    )
+
+
+def _task_record(row: Any, attempt_records: list[AttemptRecord]) -> TaskRecord:
+    return TaskRecord(
+        task_id=row.task_id,
+        name=row.name,
+        state=TaskState(row.state),
+        attempt=row.attempt,
+        result=codec.loads(row.result),
+        error_type=row.error_type,
+        error_message=row.error_message,
+        queued_at=row.queued_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        attempts=attempt_records,
+    )
