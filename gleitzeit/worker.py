@@ -74,8 +74,7 @@ def executor_of(app: Celery) -> Executor:
     executor = _executors.get(id(app))
     if executor is None:
         settings = settings_of(app)
-        store = Store.open(settings.database_url)
-        store.lease_seconds = settings.lease_seconds
+        store = Store.open(settings.database_url, lease_seconds=settings.lease_seconds)
         executor = _executors[id(app)] = Executor(app, store, settings)
     return executor
 

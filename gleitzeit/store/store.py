@@ -72,7 +72,9 @@ class Store:
         self.lease_seconds = lease_seconds
 
     @classmethod
-    def open(cls, url: str, *, migrate: bool = True) -> Store:
+    def open(
+        cls, url: str, *, migrate: bool = True, lease_seconds: float = DEFAULT_LEASE_SECONDS
+    ) -> Store:
         """The store at ``url`` on this process's engine, its schema brought up to date."""
         engine = engine_for(url)
         if migrate and id(engine) not in cls._migrated:
@@ -81,7 +83,7 @@ class Store:
             except SQLAlchemyError as exc:
                 raise StorageFailure(f"cannot migrate the store at {engine.url!r}: {exc}") from exc
             cls._migrated.add(id(engine))
-        return cls(engine)
+        return cls(engine, lease_seconds=lease_seconds)
 
     # -- transactions --------------------------------------------------------------------
 
@@ -401,12 +403,15 @@ class Store:
         children = codec.loads(row.children)
         claimed: list[Dispatch] = []
         if children:
-            conn.execute(
+            released = conn.execute(
                 update(tasks)
                 .where(tasks.c.run_id == run_id, tasks.c.task_id.in_(children))
                 .values(waiting_on=tasks.c.waiting_on - 1)
-            )
-            claimed = self._claim(conn, run_id, children)
+                .returning(tasks.c.task_id, tasks.c.waiting_on)
+            ).all()
+            # only the decrement that reached zero may claim; a join's other parents skip it
+            ready = [row.task_id for row in released if row.waiting_on == 0]
+            claimed = self._claim(conn, run_id, ready)
         self._tasks_finished(conn, run_id, finished=1, failed=0)
         return Recorded(True, claimed)
 
