@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 import time
@@ -10,12 +11,19 @@ from typing import Any
 
 import click
 
+from gleitzeit.checks import Finding, check_app
 from gleitzeit.client import Client, Run
-from gleitzeit.errors import GleitzeitError, WorkflowFailed, WorkflowValidationError
+from gleitzeit.errors import (
+    GleitzeitError,
+    StorageFailure,
+    WorkflowFailed,
+    WorkflowValidationError,
+)
 from gleitzeit.loading import import_modules, load_workflow
 from gleitzeit.resolver import DependencyResolver
 from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState
+from gleitzeit.store import Store
 
 
 def _parse_inputs(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
@@ -214,6 +222,79 @@ def history(run_id: str) -> None:
         stamp = time.strftime("%H:%M:%S", time.localtime(event.created_at))
         where = f" {event.task_id}#{event.attempt}" if event.task_id else ""
         click.echo(f"{stamp} {event.type}{where}" + (f" {event.data}" if event.data else ""))
+
+
+@main.command()
+@click.option("--once", is_flag=True, help="One round, then exit.")
+@click.option(
+    "--interval",
+    type=float,
+    help="Seconds between rounds [default: GLEITZEIT_RECONCILE_INTERVAL, 30].",
+)
+def reconcile(once: bool, interval: float | None) -> None:
+    """Repair stuck runs: what beat's gleitzeit.reconcile does, from the command line."""
+    client = Client()
+    pause = interval or client.settings.reconcile_interval
+    while True:
+        try:
+            click.echo(f"reconciled: {client.reconcile()}")
+        except StorageFailure as exc:
+            if once or not exc.transient:
+                raise
+            click.echo(f"store unreachable, trying again in {pause:g} s: {exc}", err=True)
+        if once:
+            return
+        time.sleep(pause)
+
+
+@main.command()
+@_include
+@click.option(
+    "-A",
+    "--app",
+    "app_path",
+    default="gleitzeit.worker:app",
+    show_default=True,
+    help="The Celery app workers run, as module:attribute.",
+)
+def check(include: Sequence[str], app_path: str) -> None:
+    """Report Celery settings that break gleitzeit's guarantees; reach store and broker."""
+    from gleitzeit.worker import settings_of
+
+    import_modules(list(include))
+    app = _load_app(app_path)
+    settings = settings_of(app)
+    findings = check_app(app, settings)
+    for finding in findings:
+        click.echo(str(finding))
+    problems = [f for f in findings if f.level == "error"]
+    problems += _reach(app, settings)
+    if problems:
+        raise click.ClickException(f"{len(problems)} problem(s) break gleitzeit's guarantees")
+    click.echo("ok: settings keep gleitzeit's guarantees; store and broker answer")
+
+
+def _load_app(path: str) -> Any:
+    module_name, _, attribute = path.partition(":")
+    module = importlib.import_module(module_name)
+    return getattr(module, attribute or "app")
+
+
+def _reach(app: Any, settings: Settings) -> list[Finding]:
+    """Findings for a store or broker that does not answer."""
+    found = []
+    try:
+        Store.from_settings(settings)
+    except StorageFailure as exc:
+        found.append(Finding("error", "GLEITZEIT_DATABASE_URL", f"store unreachable: {exc}"))
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1)
+    except Exception as exc:
+        found.append(Finding("error", "broker_url", f"broker unreachable: {exc}"))
+    for finding in found:
+        click.echo(str(finding))
+    return found
 
 
 @main.group()

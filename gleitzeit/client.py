@@ -10,8 +10,9 @@ from typing import Any
 from celery import Celery
 
 from gleitzeit import codec
-from gleitzeit.dispatch import Dispatcher
+from gleitzeit.dispatch import Dispatcher, breaker_for
 from gleitzeit.errors import ParamsError, RunTimeout, WorkflowFailed
+from gleitzeit.reconcile import Reconciled, Reconciler
 from gleitzeit.resolver import DependencyResolver
 from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState, TaskState
@@ -116,7 +117,7 @@ class Run:
             for task_id, task in self.tasks.items()
             if task.state is TaskState.FAILED
         }
-        raise WorkflowFailed(self.id, record.state.value, errors)
+        raise WorkflowFailed(self.id, record.state.value, errors, record.error)
 
 
 class Client:
@@ -143,8 +144,19 @@ class Client:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.open(self.settings.database_url)
+            self._store = Store.from_settings(self.settings)
         return self._store
+
+    @property
+    def dispatcher(self) -> Dispatcher:
+        breaker = breaker_for(
+            str(self.app.conf.broker_url), reset_seconds=self.settings.breaker_reset_seconds
+        )
+        return Dispatcher(self.app, self.store, breaker=breaker)
+
+    def reconcile(self) -> Reconciled:
+        """One reconciliation round over every run in the store (:mod:`gleitzeit.reconcile`)."""
+        return Reconciler(self.store, self.dispatcher, self.settings).run_once()
 
     def submit(
         self,
@@ -160,7 +172,7 @@ class Client:
         """
         plan = plan_run(workflow, inputs or {}, key=key, registered=registered)
         submitted = self.store.create_run(plan)
-        Dispatcher(self.app, self.store).publish(submitted.dispatches)
+        self.dispatcher.publish(submitted.dispatches)
         return Run(self, submitted.run_id)
 
     def get(self, run_id: str) -> Run:

@@ -3,7 +3,12 @@
 The message is small and fixed: ``gleitzeit.execute(run_id, task_id, attempt)`` with
 the attempt's deterministic message id; the worker reads params and upstream results
 from the store. Passing broker errors are retried with tenacity; what still fails stays
-unpublished in the dispatch ledger.
+unpublished in the dispatch ledger, for the reconciler to publish later.
+
+A circuit breaker (pybreaker) per broker and process stops publishing after repeated
+broker failures, for ``breaker_reset_seconds``, so that nothing busy-loops against a
+broker that is down. Its state lives in this process's memory, never in the broker
+it guards: a broker that is down cannot make it read "healthy".
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import pybreaker
 from kombu.exceptions import OperationalError as KombuOperationalError
 from tenacity import (
     Retrying,
@@ -31,6 +37,24 @@ EXECUTE_TASK = "gleitzeit.execute"
 HARD_LIMIT_GRACE = 10.0
 
 _TRANSIENT = (KombuOperationalError, ConnectionError, OSError, TimeoutError)
+#: failed publish tries in a row that turn publishing off
+BREAKER_FAIL_MAX = 3
+
+_breakers: dict[str, pybreaker.CircuitBreaker] = {}
+
+
+def breaker_for(broker_url: str, *, reset_seconds: float = 30.0) -> pybreaker.CircuitBreaker:
+    """This process's circuit breaker for the broker at ``broker_url``."""
+    breaker = _breakers.get(broker_url)
+    if breaker is None:
+        breaker = _breakers[broker_url] = pybreaker.CircuitBreaker(
+            fail_max=BREAKER_FAIL_MAX,
+            reset_timeout=reset_seconds,
+            # only a broker that cannot be reached counts; a bad message is not its fault
+            exclude=[lambda exc: not isinstance(exc, _TRANSIENT)],
+            name=f"broker {broker_url}",
+        )
+    return breaker
 
 
 def message_options(dispatch: Dispatch) -> dict[str, Any]:
@@ -51,10 +75,18 @@ def message_options(dispatch: Dispatch) -> dict[str, Any]:
 class Dispatcher:
     """Publishes attempts to a Celery app's broker and records them in the ledger."""
 
-    def __init__(self, app: Any, store: Store, *, attempts: int = 5) -> None:
+    def __init__(
+        self,
+        app: Any,
+        store: Store,
+        *,
+        attempts: int = 5,
+        breaker: pybreaker.CircuitBreaker | None = None,
+    ) -> None:
         self.app = app
         self.store = store
         self.attempts = attempts
+        self.breaker = breaker or breaker_for(str(app.conf.broker_url))
 
     def _send(self, dispatch: Dispatch, producer: Any) -> None:
         self.app.send_task(
@@ -64,6 +96,12 @@ class Dispatcher:
             retry=False,
             **message_options(dispatch),
         )
+
+    def _send_all(self, claimed: Sequence[Dispatch], published: list[Dispatch]) -> None:
+        with self.app.producer_or_acquire() as producer:
+            for dispatch in claimed[len(published) :]:
+                self._send(dispatch, producer)
+                published.append(dispatch)
 
     def publish(self, claimed: Sequence[Dispatch]) -> list[Dispatch]:
         """Publish every claimed attempt; return those that reached the broker."""
@@ -79,10 +117,15 @@ class Dispatcher:
         )
         try:
             for attempt in retrying:
-                with attempt, self.app.producer_or_acquire() as producer:
-                    for dispatch in claimed[len(published) :]:
-                        self._send(dispatch, producer)
-                        published.append(dispatch)
+                with attempt:
+                    self.breaker.call(self._send_all, claimed, published)
+        except pybreaker.CircuitBreakerError:
+            log.warning(
+                "publishing is off after repeated broker failures: %d of %d attempts wait "
+                "in the ledger for the reconciler",
+                len(claimed) - len(published),
+                len(claimed),
+            )
         except _TRANSIENT as exc:
             log.error(
                 "broker unreachable: %d of %d attempts left unpublished in the ledger (%s)",

@@ -15,6 +15,7 @@ import socket
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import replace
 
 from celery import Celery
 
@@ -29,12 +30,7 @@ MEMORY_POLLING_INTERVAL = 0.005
 
 def embedded_app(settings: Settings) -> Celery:
     """A gleitzeit Celery app on the in-memory transport."""
-    memory = Settings(
-        database_url=settings.database_url,
-        broker_url="memory://localhost/",
-        result_limit=settings.result_limit,
-        lease_seconds=settings.lease_seconds,
-    )
+    memory = replace(settings, broker_url="memory://localhost/")
     app = create_app(memory, main="gleitzeit-embedded")
     app.conf.broker_url = "memory://localhost/"
     app.conf.broker_transport_options = {"polling_interval": MEMORY_POLLING_INTERVAL}

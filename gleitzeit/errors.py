@@ -61,11 +61,17 @@ class RunNotFound(GleitzeitError, KeyError):
 class WorkflowFailed(GleitzeitError):
     """A run ended ``failed`` or ``cancelled``; ``.errors`` maps task id to its error."""
 
-    def __init__(self, run_id: str, status: str, errors: Mapping[str, str]) -> None:
+    def __init__(
+        self, run_id: str, status: str, errors: Mapping[str, str], reason: str | None = None
+    ) -> None:
         self.run_id = run_id
         self.status = status
         self.errors = dict(errors)
+        #: why the run as a whole ended, when not only because a task failed (``stalled: ...``)
+        self.reason = reason
         detail = "; ".join(f"{task}: {err}" for task, err in self.errors.items())
+        if reason:
+            detail = f"{reason}" + (f"; {detail}" if detail else "")
         super().__init__(f"run {run_id} ended {status}" + (f": {detail}" if detail else ""))
 
 
@@ -74,7 +80,15 @@ class RunTimeout(GleitzeitError, TimeoutError):
 
 
 class StorageFailure(GleitzeitError):
-    """The SQL store failed; the SQLAlchemy error is the ``__cause__``."""
+    """The SQL store failed; the SQLAlchemy error is the ``__cause__``.
+
+    ``transient`` is true when the database was unreachable or locked past the retries
+    (the next operation may pass), false for an error that retrying cannot fix.
+    """
+
+    def __init__(self, message: str, *, transient: bool = False) -> None:
+        super().__init__(message)
+        self.transient = transient
 
 
 class DispatchFailure(GleitzeitError):

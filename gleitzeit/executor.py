@@ -4,25 +4,37 @@ The message carries ``(run_id, task_id, attempt)``; the attempt number is the fe
 token. A message whose attempt is not the task's current, unstarted one (a duplicate
 delivery, a stale retry) does no work. Whatever the task's body does, the outcome is
 recorded in the store; a bad result fails the task, never the worker.
+
+While the body runs, a heartbeat thread renews the attempt's lease; when it stops (the
+process was killed), the lease runs out and the reconciler gives the task a new attempt.
+Faster, when Celery redelivers the message of an attempt whose process is gone (a pool
+process killed by the OOM killer, with ``task_reject_on_worker_lost``), the redelivery
+sees on this machine that the holder's process no longer exists and does the same at once.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import threading
 import traceback
 from dataclasses import dataclass
+from types import TracebackType
 from typing import Any
 
 from gleitzeit import codec, policy, refs
 from gleitzeit.crashpoints import crash_point
-from gleitzeit.dispatch import Dispatcher
-from gleitzeit.errors import ReferenceResolutionError, ResultError
+from gleitzeit.dispatch import Dispatcher, breaker_for
+from gleitzeit.errors import ReferenceResolutionError, ResultError, StorageFailure
 from gleitzeit.policy import Backoff
 from gleitzeit.settings import Settings
 from gleitzeit.store import ErrorInfo, Store
-from gleitzeit.store.records import StartedAttempt
+from gleitzeit.store.records import Holder, StartedAttempt
 
 log = logging.getLogger(__name__)
+
+HOST = socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -51,6 +63,63 @@ def _retry_in(exc: BaseException, started: StartedAttempt) -> float | None:
     return policy.compute_backoff(started.attempt, backoff)
 
 
+def process_gone(pid: int) -> bool:
+    """Whether process ``pid`` of this machine has exited (a zombie counts as exited)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            # "pid (comm) state ...": comm may hold spaces and parentheses
+            return stat.read().rpartition(")")[2].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+    except OSError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+class Heartbeat:
+    """Renews a running attempt's lease from a thread while the body runs."""
+
+    def __init__(self, store: Store, run_id: str, task_id: str, attempt: int) -> None:
+        self.store = store
+        self.key = (run_id, task_id, attempt)
+        self.every = store.lease_seconds / 3
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, name="gleitzeit-heartbeat", daemon=True)
+
+    def __enter__(self) -> Heartbeat:
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self._stop.set()
+
+    def _beat(self) -> None:
+        while not self._stop.wait(self.every):
+            try:
+                if not self.store.renew_lease(*self.key):
+                    log.warning(
+                        "run %s task %s attempt %d was given up on while running; "
+                        "its outcome will be ignored",
+                        *self.key,
+                    )
+                    return
+            except StorageFailure as exc:
+                log.warning(
+                    "heartbeat of run %s task %s could not renew its lease: %s", *self.key[:2], exc
+                )
+
+
 class Executor:
     """Runs attempts of one Celery app against one store."""
 
@@ -58,10 +127,14 @@ class Executor:
         self.app = app
         self.store = store
         self.settings = settings
-        self.dispatcher = Dispatcher(app, store)
+        breaker = breaker_for(
+            str(app.conf.broker_url), reset_seconds=settings.breaker_reset_seconds
+        )
+        self.dispatcher = Dispatcher(app, store, breaker=breaker)
 
     def execute(self, run_id: str, task_id: str, attempt: int, *, worker: str | None) -> None:
-        started = self.store.start_attempt(run_id, task_id, attempt, worker=worker)
+        me = Holder(HOST, os.getpid())
+        started = self.store.start_attempt(run_id, task_id, attempt, worker=worker, holder=me)
         if started is None:
             log.info(
                 "run %s task %s attempt %d: duplicate or stale message, no work",
@@ -69,15 +142,33 @@ class Executor:
                 task_id,
                 attempt,
             )
+            self._recover_if_holder_gone(run_id, task_id, attempt)
             return
         crash_point("after_start_commit")
-        outcome = self._run(started)
+        with Heartbeat(self.store, run_id, task_id, attempt):
+            outcome = self._run(started)
         if isinstance(outcome, Failure):
             recorded = self.store.record_failure(
                 run_id, task_id, attempt, outcome.error, retry_in=outcome.retry_in
             )
         else:
             recorded = self.store.record_success(run_id, task_id, attempt, outcome)
+        self.dispatcher.publish(recorded.dispatches)
+
+    def _recover_if_holder_gone(self, run_id: str, task_id: str, attempt: int) -> None:
+        """A redelivered message whose attempt's process on this machine has died."""
+        holder = self.store.holder(run_id, task_id, attempt)
+        if holder is None or holder.host != HOST or holder.pid is None:
+            return
+        if holder.pid == os.getpid() or not process_gone(holder.pid):
+            return
+        recorded = self.store.attempt_lost(
+            run_id,
+            task_id,
+            attempt,
+            reason=f"its worker process {holder.pid} on {holder.host} is gone",
+            max_lost=self.settings.max_lost_attempts,
+        )
         self.dispatcher.publish(recorded.dispatches)
 
     def _run(self, started: StartedAttempt) -> str | Failure:

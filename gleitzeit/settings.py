@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from gleitzeit.codec import DEFAULT_RESULT_LIMIT
@@ -15,10 +15,11 @@ DEFAULT_BROKER_URL = "redis://localhost:6379/0"
 
 @dataclass(frozen=True)
 class Settings:
-    """Where gleitzeit keeps its state and sends its messages.
+    """Where gleitzeit keeps its state and sends its messages, and how it recovers.
 
-    ``from_env`` reads ``GLEITZEIT_DATABASE_URL``, ``CELERY_BROKER_URL``,
-    ``GLEITZEIT_RESULT_LIMIT`` (bytes) and ``GLEITZEIT_LEASE_SECONDS``.
+    ``from_env`` reads ``GLEITZEIT_DATABASE_URL``, ``CELERY_BROKER_URL`` and, for every
+    other field, ``GLEITZEIT_<FIELD NAME IN CAPITALS>`` (``GLEITZEIT_LEASE_SECONDS=60``).
+    Durations are in seconds; every one is judged by the database's clock.
     """
 
     #: SQLAlchemy URL of the store (``postgresql://`` uses psycopg 3)
@@ -27,27 +28,51 @@ class Settings:
     broker_url: str = DEFAULT_BROKER_URL
     #: largest JSON result a task may return, in bytes
     result_limit: int = DEFAULT_RESULT_LIMIT
-    #: how long a started attempt is presumed alive without a heartbeat
-    lease_seconds: float = 300.0
+    #: a running attempt whose heartbeat stops for this long is presumed lost
+    lease_seconds: float = 60.0
+    #: how often beat runs the reconciler
+    reconcile_interval: float = 30.0
+    #: a published attempt that has not started after this long is dispatched again
+    dispatch_timeout: float = 600.0
+    #: an attempt left unpublished this long (its publisher died) is published again
+    republish_after: float = 10.0
+    #: a run in which no task started, finished or held a live lease for this long fails
+    stall_timeout: float = 86400.0
+    #: a task whose worker vanished this many times (a poison task) fails
+    max_lost_attempts: int = 3
+    #: a run whose reconciliation failed this many times in a row fails
+    max_reconcile_failures: int = 5
+    #: how long publishing stays off after the broker failed repeatedly
+    breaker_reset_seconds: float = 30.0
+    #: how long a store operation retries a database that is unreachable or locked
+    storage_retry_seconds: float = 30.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if env is None else env
-        settings = cls(
-            database_url=env.get("GLEITZEIT_DATABASE_URL", DEFAULT_DATABASE_URL),
-            broker_url=env.get("CELERY_BROKER_URL", DEFAULT_BROKER_URL),
-            result_limit=_int(env, "GLEITZEIT_RESULT_LIMIT", DEFAULT_RESULT_LIMIT),
-            lease_seconds=float(_int(env, "GLEITZEIT_LEASE_SECONDS", 300)),
-        )
+        values: dict[str, Any] = {
+            "database_url": env.get("GLEITZEIT_DATABASE_URL", DEFAULT_DATABASE_URL),
+            "broker_url": env.get("CELERY_BROKER_URL", DEFAULT_BROKER_URL),
+        }
+        for field in fields(cls):
+            if field.name in values:
+                continue
+            name = f"GLEITZEIT_{field.name.upper()}"
+            raw = env.get(name)
+            if raw is None or raw == "":
+                continue
+            values[field.name] = _number(name, raw, whole=field.type == "int")
+        settings = cls(**values)
         given = {key: value for key, value in overrides.items() if value is not None}
         return replace(settings, **given)
 
 
-def _int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name)
-    if raw is None or raw == "":
-        return default
+def _number(name: str, raw: str, *, whole: bool) -> float | int:
     try:
-        return int(raw)
+        value: float | int = int(raw) if whole else float(raw)
     except ValueError:
-        raise ValueError(f"{name} must be a whole number, got {raw!r}") from None
+        kind = "a whole number" if whole else "a number"
+        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
+    if value <= 0:
+        raise ValueError(f"{name} must be greater than 0, got {raw!r}")
+    return value

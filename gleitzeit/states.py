@@ -94,12 +94,16 @@ TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset(
     {
         # claimed: all parents succeeded (or it is a root)
         (TaskState.PENDING, TaskState.QUEUED),
+        # a new attempt replaces one whose message was published but never started
+        (TaskState.QUEUED, TaskState.QUEUED),
+        (TaskState.RETRYING, TaskState.QUEUED),
         # a worker took the attempt whose number the message carries
         (TaskState.QUEUED, TaskState.RUNNING),
         (TaskState.RETRYING, TaskState.RUNNING),
         # outcome of an attempt
         (TaskState.RUNNING, TaskState.SUCCEEDED),
         (TaskState.RUNNING, TaskState.FAILED),
+        # (also when its worker vanished: the lease expired, or its process is gone)
         (TaskState.RUNNING, TaskState.RETRYING),
         # a task that cannot start (bad reference, unstorable params) fails without running
         (TaskState.QUEUED, TaskState.FAILED),
@@ -132,6 +136,13 @@ def check_task_transition(old: TaskState, new: TaskState) -> None:
 def task_sources(new: TaskState) -> tuple[str, ...]:
     """The states a task may move to ``new`` from, for a conditional ``UPDATE``."""
     return tuple(sorted(old.value for old, to in TASK_TRANSITIONS if to is new))
+
+
+def task_moves(*old: TaskState, to: TaskState) -> tuple[str, ...]:
+    """``old`` as values for a conditional ``UPDATE``, each checked against the table."""
+    for state in old:
+        check_task_transition(state, to)
+    return tuple(sorted(state.value for state in old))
 
 
 def run_sources(new: RunState) -> tuple[str, ...]:

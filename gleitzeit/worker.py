@@ -1,8 +1,11 @@
-"""The Celery side: the app workers run (``celery -A gleitzeit.worker worker``).
+"""The Celery side: the app workers and beat run (``celery -A gleitzeit.worker worker``).
 
 ``app`` is configured from the environment and an optional ``celeryconfig`` module,
 with the settings gleitzeit's guarantees need. An existing Celery app takes gleitzeit
-in with :func:`install` instead.
+in with :func:`install` instead. Two tasks: ``gleitzeit.execute`` runs one attempt,
+``gleitzeit.reconcile`` runs one reconciliation round (beat sends it every
+``reconcile_interval`` seconds). A worker of such an app logs, as it starts, every Celery
+setting that would break gleitzeit's guarantees (:mod:`gleitzeit.checks`).
 """
 
 from __future__ import annotations
@@ -12,10 +15,14 @@ import logging
 import os
 from typing import Any
 
-from celery import Celery
+from celery import Celery, signals
+from celery.exceptions import Reject
 
+from gleitzeit.checks import check_app
 from gleitzeit.dispatch import EXECUTE_TASK
+from gleitzeit.errors import StorageFailure
 from gleitzeit.executor import Executor
+from gleitzeit.reconcile import Reconciler
 from gleitzeit.settings import Settings
 from gleitzeit.store import Store
 
@@ -23,6 +30,7 @@ log = logging.getLogger(__name__)
 
 #: name of the module with the user's Celery settings, imported when it exists
 CONFIG_MODULE_ENV = "GLEITZEIT_CELERY_CONFIG"
+RECONCILE_TASK = "gleitzeit.reconcile"
 
 
 def celery_defaults(settings: Settings) -> dict[str, Any]:
@@ -74,16 +82,42 @@ def executor_of(app: Celery) -> Executor:
     executor = _executors.get(id(app))
     if executor is None:
         settings = settings_of(app)
-        store = Store.open(settings.database_url, lease_seconds=settings.lease_seconds)
+        store = Store.from_settings(settings)
         executor = _executors[id(app)] = Executor(app, store, settings)
     return executor
+
+
+def reconciler_of(app: Celery) -> Reconciler:
+    """A reconciler over ``app``'s store, publishing through this process's executor."""
+    executor = executor_of(app)
+    return Reconciler(executor.store, executor.dispatcher, executor.settings)
+
+
+def reconcile_schedule(settings: Settings) -> dict[str, Any]:
+    """The beat schedule entry that runs the reconciler every ``reconcile_interval``."""
+    interval = settings.reconcile_interval
+    return {
+        "task": RECONCILE_TASK,
+        "schedule": interval,
+        # a round nobody picked up within its interval is replaced by the next one
+        "options": {"expires": interval},
+    }
 
 
 def install(app: Celery) -> Celery:
     """Register gleitzeit's executor task on an existing Celery app."""
 
     def execute(self: Any, run_id: str, task_id: str, attempt: int) -> None:
-        executor_of(self.app).execute(run_id, task_id, attempt, worker=self.request.hostname)
+        try:
+            executor_of(self.app).execute(run_id, task_id, attempt, worker=self.request.hostname)
+        except StorageFailure as exc:
+            if not exc.transient:
+                raise
+            # the database stayed unreachable: hand the message back rather than lose it
+            raise Reject(str(exc), requeue=True) from exc
+
+    def reconcile(self: Any) -> str:
+        return str(reconciler_of(self.app).run_once())
 
     # shared=False: the executor belongs to this app alone, not to every app
     app.task(
@@ -94,7 +128,21 @@ def install(app: Celery) -> Celery:
         acks_late=True,
         reject_on_worker_lost=True,
     )(execute)
+    app.task(name=RECONCILE_TASK, bind=True, shared=False, ignore_result=True)(reconcile)
+    schedule = dict(app.conf.beat_schedule or {})
+    schedule.setdefault(RECONCILE_TASK, reconcile_schedule(settings_of(app)))
+    app.conf.beat_schedule = schedule
     return app
+
+
+@signals.worker_init.connect  # type: ignore[untyped-decorator]
+def _warn_about_settings(sender: Any = None, **_: Any) -> None:
+    """At worker start, log each setting that would break gleitzeit's guarantees."""
+    app = getattr(sender, "app", None)
+    if app is None or EXECUTE_TASK not in app.tasks:
+        return
+    for finding in check_app(app, settings_of(app)):
+        log.log(finding.log_level, "gleitzeit: %s", finding)
 
 
 def create_app(settings: Settings | None = None, *, main: str = "gleitzeit") -> Celery:

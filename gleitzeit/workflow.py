@@ -164,6 +164,11 @@ def task(
     return wrap(fn) if fn is not None else wrap
 
 
+def known_task_defaults() -> list[TaskDefaults]:
+    """The defaults of every ``@task`` defined in this process so far."""
+    return list(_TASK_DEFAULTS.values())
+
+
 def task_defaults(fn: Any) -> TaskDefaults:
     """The name and defaults of a ``@task``, a Celery task, or a registered task name."""
     if isinstance(fn, str):

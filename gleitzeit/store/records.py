@@ -175,3 +175,40 @@ class DispatchRecord:
     created_at: float
     published_at: float | None
     publish_count: int
+
+
+@dataclass(frozen=True)
+class Holder:
+    """The process that started a running attempt."""
+
+    host: str | None
+    pid: int | None
+
+
+@dataclass
+class StuckRun:
+    """What the reconciler found wrong with one run, judged by the database's clock."""
+
+    run_id: str
+    #: pending tasks with nothing to wait on that were never claimed
+    ready: list[str] = field(default_factory=list)
+    #: (task, attempt) claimed but left unpublished: the publisher died or the broker was down
+    unpublished: list[tuple[str, int]] = field(default_factory=list)
+    #: (task, attempt) published but never started: the message was lost
+    unstarted: list[tuple[str, int]] = field(default_factory=list)
+    #: (task, attempt) running with an expired lease: the worker vanished
+    lost: list[tuple[str, int]] = field(default_factory=list)
+    #: every task is final but the run is not marked final
+    finished: bool = False
+    #: nothing progressed for longer than the stall timeout
+    stalled: bool = False
+
+
+@dataclass(frozen=True)
+class Repair:
+    """What one run's reconciliation changed: new attempts to publish, rows to publish again."""
+
+    dispatches: list[Dispatch] = field(default_factory=list)
+    republish: list[Dispatch] = field(default_factory=list)
+    #: how many of each kind of repair were applied (a race lost to normal progress is not)
+    applied: dict[str, int] = field(default_factory=dict)

@@ -15,20 +15,24 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
-from tenacity import (
-    Retrying,
-    retry_if_exception,
-    stop_after_attempt,
-    wait_random_exponential,
-)
+from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from gleitzeit import codec
 from gleitzeit.errors import IdempotencyConflict, StorageFailure
-from gleitzeit.states import RunState, TaskState, run_sources, task_sources
-from gleitzeit.store import reads
+from gleitzeit.policy import Backoff, compute_backoff
+from gleitzeit.settings import Settings
+from gleitzeit.states import (
+    FINAL_TASK_STATES,
+    RunState,
+    TaskState,
+    run_sources,
+    task_moves,
+    task_sources,
+)
+from gleitzeit.store import reads, sweep
 from gleitzeit.store.engine import engine_for
 from gleitzeit.store.migrate import ensure_schema
 from gleitzeit.store.records import (
@@ -36,10 +40,13 @@ from gleitzeit.store.records import (
     DispatchRecord,
     ErrorInfo,
     EventRecord,
+    Holder,
     Recorded,
+    Repair,
     RunPlan,
     RunRecord,
     StartedAttempt,
+    StuckRun,
     Submitted,
     TaskRecord,
     message_id,
@@ -49,7 +56,8 @@ from gleitzeit.store.tables import attempts, db_now, dispatches, events, runs, t
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-DEFAULT_LEASE_SECONDS = 300.0
+DEFAULT_LEASE_SECONDS = 60.0
+DEFAULT_RETRY_SECONDS = 30.0
 
 
 def _is_transient(exc: BaseException) -> bool:
@@ -67,15 +75,31 @@ class Store:
 
     _migrated: set[int] = set()
 
-    def __init__(self, engine: Engine, *, lease_seconds: float = DEFAULT_LEASE_SECONDS) -> None:
+    def __init__(
+        self,
+        engine: Engine,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    ) -> None:
         self.engine = engine
         self.lease_seconds = lease_seconds
+        self.retry_seconds = retry_seconds
 
     @classmethod
     def open(
-        cls, url: str, *, migrate: bool = True, lease_seconds: float = DEFAULT_LEASE_SECONDS
+        cls,
+        url: str,
+        *,
+        migrate: bool = True,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
     ) -> Store:
-        """The store at ``url`` on this process's engine, its schema brought up to date."""
+        """The store at ``url`` on this process's engine, its schema brought up to date.
+
+        ``lease_seconds``: how long a started attempt is presumed alive without a renewal;
+        ``retry_seconds``: how long an operation retries an unreachable or locked database.
+        """
         engine = engine_for(url)
         if migrate and id(engine) not in cls._migrated:
             try:
@@ -83,14 +107,24 @@ class Store:
             except SQLAlchemyError as exc:
                 raise StorageFailure(f"cannot migrate the store at {engine.url!r}: {exc}") from exc
             cls._migrated.add(id(engine))
-        return cls(engine, lease_seconds=lease_seconds)
+        return cls(engine, lease_seconds=lease_seconds, retry_seconds=retry_seconds)
+
+    @classmethod
+    def from_settings(cls, settings: Settings, *, migrate: bool = True) -> Store:
+        """The store ``settings`` name, with their lease and retry durations."""
+        return cls.open(
+            settings.database_url,
+            migrate=migrate,
+            lease_seconds=settings.lease_seconds,
+            retry_seconds=settings.storage_retry_seconds,
+        )
 
     # -- transactions --------------------------------------------------------------------
 
     def _transaction(self, work: Callable[[Connection], T], *, read: bool = False) -> T:
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
-            stop=stop_after_attempt(6),
+            stop=stop_after_delay(self.retry_seconds),
             wait=wait_random_exponential(multiplier=0.05, max=2.0),
             reraise=True,
         )
@@ -102,7 +136,8 @@ class Store:
                     with conn.begin():
                         return work(conn)
         except SQLAlchemyError as exc:
-            raise StorageFailure(f"store operation failed: {exc}") from exc
+            transient = _is_transient(exc)
+            raise StorageFailure(f"store operation failed: {exc}", transient=transient) from exc
         raise AssertionError("unreachable: tenacity reraises")
 
     # -- submit --------------------------------------------------------------------------
@@ -185,7 +220,7 @@ class Store:
             .where(
                 tasks.c.run_id == run_id,
                 tasks.c.task_id.in_(_ids(task_ids)),
-                tasks.c.state.in_(task_sources(TaskState.QUEUED)),
+                tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.QUEUED)),
                 tasks.c.waiting_on == 0,
             )
             .values(
@@ -269,19 +304,38 @@ class Store:
     # -- a worker's attempt ---------------------------------------------------------------
 
     def start_attempt(
-        self, run_id: str, task_id: str, attempt: int, *, worker: str | None = None
+        self,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        *,
+        worker: str | None = None,
+        holder: Holder | None = None,
     ) -> StartedAttempt | None:
         """Move the attempt to ``running`` if it is the one the task is on and not started.
 
-        ``None`` means the message is a duplicate or stale: do no work.
+        ``None`` means the message is a duplicate or stale, or its run no longer runs:
+        do no work. ``holder`` names the process that takes the attempt.
         """
-        return self._transaction(lambda conn: self._start(conn, run_id, task_id, attempt, worker))
+        return self._transaction(
+            lambda conn: self._start(
+                conn, run_id, task_id, attempt, worker, holder or Holder(None, None)
+            )
+        )
 
     def _start(
-        self, conn: Connection, run_id: str, task_id: str, attempt: int, worker: str | None
+        self,
+        conn: Connection,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        worker: str | None,
+        holder: Holder,
     ) -> StartedAttempt | None:
+        run_is_running = exists().where(runs.c.id == run_id, runs.c.state == RunState.RUNNING.value)
         row = conn.execute(
             _move(run_id, task_id, attempt, TaskState.RUNNING)
+            .where(run_is_running)
             .values(
                 started_at=db_now(),
                 lease_until=db_now() + self.lease_seconds,
@@ -308,6 +362,8 @@ class Store:
                 "attempt": attempt,
                 "state": TaskState.RUNNING.value,
                 "worker": worker,
+                "host": holder.host,
+                "pid": holder.pid,
             },
         )
         self._event(
@@ -557,6 +613,343 @@ class Store:
         ).rowcount
         if ended:
             self._event(conn, run_id, f"run:{final.value}", f"run_{final.value}")
+
+    # -- recovery ------------------------------------------------------------------------
+
+    def holder(self, run_id: str, task_id: str, attempt: int) -> Holder | None:
+        """The process running this attempt, or ``None`` when the attempt is not running."""
+
+        def work(conn: Connection) -> Holder | None:
+            row = conn.execute(
+                select(attempts.c.host, attempts.c.pid)
+                .join(
+                    tasks,
+                    (tasks.c.run_id == attempts.c.run_id)
+                    & (tasks.c.task_id == attempts.c.task_id)
+                    & (tasks.c.attempt == attempts.c.attempt),
+                )
+                .where(
+                    attempts.c.run_id == run_id,
+                    attempts.c.task_id == task_id,
+                    attempts.c.attempt == attempt,
+                    tasks.c.state == TaskState.RUNNING.value,
+                )
+            ).one_or_none()
+            return None if row is None else Holder(row.host, row.pid)
+
+        return self._transaction(work, read=True)
+
+    def renew_lease(self, run_id: str, task_id: str, attempt: int) -> bool:
+        """Extend a running attempt's lease; ``False`` once the attempt was given up on."""
+
+        def work(conn: Connection) -> bool:
+            renewed = conn.execute(
+                update(tasks)
+                .where(
+                    tasks.c.run_id == run_id,
+                    tasks.c.task_id == task_id,
+                    tasks.c.attempt == attempt,
+                    tasks.c.state == TaskState.RUNNING.value,
+                )
+                .values(lease_until=db_now() + self.lease_seconds)
+            ).rowcount
+            return bool(renewed)
+
+        return self._transaction(work)
+
+    def attempt_lost(
+        self, run_id: str, task_id: str, attempt: int, *, reason: str, max_lost: int
+    ) -> Recorded:
+        """Give up on a running attempt whose process is known to be gone.
+
+        The task gets a new attempt, or fails once its worker was lost ``max_lost`` times.
+        """
+        return self._transaction(
+            lambda conn: self._lose(conn, run_id, task_id, attempt, reason, max_lost, False)
+        )
+
+    def _lose(
+        self,
+        conn: Connection,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        reason: str,
+        max_lost: int,
+        expired_only: bool,
+    ) -> Recorded:
+        running = [
+            tasks.c.run_id == run_id,
+            tasks.c.task_id == task_id,
+            tasks.c.attempt == attempt,
+            tasks.c.state == TaskState.RUNNING.value,
+        ]
+        if expired_only:
+            running.append(tasks.c.lease_until < db_now())
+        row = conn.execute(
+            update(tasks)
+            .where(*running)
+            .values(lost=tasks.c.lost + 1, lease_until=None)
+            .returning(tasks.c.lost)
+        ).one_or_none()
+        if row is None:
+            return Recorded(False)
+        if row.lost >= max_lost:
+            error = ErrorInfo(
+                "gleitzeit.WorkerLost",
+                f"gave up after the worker running this task was lost {row.lost} times "
+                f"(killed, out of memory, or stopped without finishing); last: {reason}",
+            )
+            return self._record_failed(conn, run_id, task_id, attempt, error)
+        error = ErrorInfo("gleitzeit.WorkerLost", f"{reason} (lost {row.lost} of {max_lost})")
+        return self._record_retry(conn, run_id, task_id, attempt, error, 0.0)
+
+    def find_stuck(
+        self,
+        *,
+        republish_after: float,
+        dispatch_timeout: float,
+        stall_timeout: float,
+        limit: int = 500,
+    ) -> list[StuckRun]:
+        """Runs with work to repair (see :mod:`gleitzeit.store.sweep`)."""
+        return self._transaction(
+            lambda conn: sweep.find_stuck(
+                conn,
+                republish_after=republish_after,
+                dispatch_timeout=dispatch_timeout,
+                stall_timeout=stall_timeout,
+                limit=limit,
+            ),
+            read=True,
+        )
+
+    def reconcile_run(
+        self,
+        stuck: StuckRun,
+        *,
+        republish_after: float,
+        stall_timeout: float,
+        max_lost: int,
+    ) -> Repair:
+        """Repair one run in one transaction; every repair re-checks its own condition."""
+
+        def work(conn: Connection) -> Repair:
+            repair = Repair()
+            if stuck.finished:
+                self._count(repair, "finished", self._finalize(conn, stuck.run_id))
+            elif stuck.stalled:
+                reason = f"stalled: no task started or finished for {stall_timeout:g} s"
+                ended = self._fail_run(
+                    conn, stuck.run_id, reason, sweep.stalled_condition(stall_timeout)
+                )
+                self._count(repair, "stalled", ended)
+            if repair.applied:
+                return repair
+            found = self._claim(conn, stuck.run_id, stuck.ready)
+            repair.dispatches.extend(found)
+            self._count(repair, "claimed", len(found))
+            for task_id, attempt in stuck.unstarted:
+                found = self._redispatch(conn, stuck.run_id, task_id, attempt)
+                repair.dispatches.extend(found)
+                self._count(repair, "redispatched", len(found))
+            for task_id, attempt in stuck.lost:
+                recorded = self._lose(
+                    conn, stuck.run_id, task_id, attempt, "its lease expired", max_lost, True
+                )
+                repair.dispatches.extend(recorded.dispatches)
+                self._count(repair, "lost", recorded.recorded)
+            republish = self._claim_unpublished(conn, stuck, republish_after)
+            repair.republish.extend(republish)
+            self._count(repair, "republished", len(republish))
+            conn.execute(
+                update(runs)
+                .where(runs.c.id == stuck.run_id, runs.c.reconcile_failures > 0)
+                .values(reconcile_failures=0, reconcile_after=None, error=None)
+            )
+            return repair
+
+        return self._transaction(work)
+
+    @staticmethod
+    def _count(repair: Repair, kind: str, n: int | bool) -> None:
+        if n:
+            repair.applied[kind] = repair.applied.get(kind, 0) + int(n)
+
+    def _redispatch(
+        self, conn: Connection, run_id: str, task_id: str, attempt: int
+    ) -> list[Dispatch]:
+        """A new attempt for one whose message was published and never started."""
+        row = conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.run_id == run_id,
+                tasks.c.task_id == task_id,
+                tasks.c.attempt == attempt,
+                tasks.c.state.in_(
+                    task_moves(TaskState.QUEUED, TaskState.RETRYING, to=TaskState.QUEUED)
+                ),
+            )
+            .values(
+                state=TaskState.QUEUED.value,
+                attempt=attempt + 1,
+                queued_at=db_now(),
+                updated_at=db_now(),
+            )
+            .returning(tasks.c.options)
+        ).one_or_none()
+        if row is None:
+            return []
+        self._event(
+            conn,
+            run_id,
+            f"{task_id}:{attempt}:unstarted",
+            "task_redispatched",
+            task_id,
+            attempt,
+            data={"reason": "its message was not started within the dispatch timeout"},
+        )
+        found = [self._dispatch(run_id, task_id, attempt + 1, row.options)]
+        self._write_dispatches(conn, found)
+        return found
+
+    def _claim_unpublished(
+        self, conn: Connection, stuck: StuckRun, republish_after: float
+    ) -> list[Dispatch]:
+        """Take unpublished ledger rows to publish again; another reconciler will not."""
+        found = []
+        for task_id, attempt in stuck.unpublished:
+            row = conn.execute(
+                update(dispatches)
+                .where(
+                    dispatches.c.run_id == stuck.run_id,
+                    dispatches.c.task_id == task_id,
+                    dispatches.c.attempt == attempt,
+                    dispatches.c.published_at.is_(None),
+                    func.coalesce(dispatches.c.claimed_at, dispatches.c.created_at)
+                    < db_now() - republish_after,
+                )
+                .values(claimed_at=db_now())
+                .returning(
+                    (dispatches.c.created_at + dispatches.c.countdown - db_now()).label("due_in")
+                )
+            ).one_or_none()
+            if row is None:
+                continue
+            options = conn.execute(
+                select(tasks.c.options).where(
+                    tasks.c.run_id == stuck.run_id, tasks.c.task_id == task_id
+                )
+            ).scalar_one()
+            countdown = max(0.0, float(row.due_in))
+            found.append(self._dispatch(stuck.run_id, task_id, attempt, options, countdown))
+        return found
+
+    def _finalize(self, conn: Connection, run_id: str) -> bool:
+        """End a run whose tasks are all final, by what its tasks say."""
+        failed = conn.execute(
+            select(func.count()).where(
+                tasks.c.run_id == run_id, tasks.c.state == TaskState.FAILED.value
+            )
+        ).scalar_one()
+        final = RunState.FAILED if failed else RunState.SUCCEEDED
+        unfinished = exists().where(
+            tasks.c.run_id == run_id,
+            tasks.c.state.not_in([state.value for state in FINAL_TASK_STATES]),
+        )
+        ended = conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id, runs.c.state.in_(run_sources(final)), ~unfinished)
+            .values(
+                state=final.value,
+                tasks_unfinished=0,
+                tasks_failed=failed,
+                finished_at=db_now(),
+                updated_at=db_now(),
+            )
+        ).rowcount
+        if ended:
+            self._event(conn, run_id, f"run:{final.value}", f"run_{final.value}")
+        return bool(ended)
+
+    def _fail_run(self, conn: Connection, run_id: str, reason: str, condition: Any = None) -> bool:
+        """End a run ``failed`` for ``reason``: what has not finished will not run."""
+        where = [runs.c.id == run_id, runs.c.state.in_(run_sources(RunState.FAILED))]
+        if condition is not None:
+            where.append(condition)
+        ended = conn.execute(
+            update(runs)
+            .where(*where)
+            .values(
+                state=RunState.FAILED.value,
+                error=reason,
+                tasks_unfinished=0,
+                finished_at=db_now(),
+                updated_at=db_now(),
+            )
+        ).rowcount
+        if not ended:
+            return False
+        started = (TaskState.QUEUED, TaskState.RETRYING, TaskState.RUNNING)
+        conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.run_id == run_id,
+                tasks.c.state.in_(task_moves(*started, to=TaskState.FAILED)),
+            )
+            .values(
+                state=TaskState.FAILED.value,
+                error_type="gleitzeit.RunFailed",
+                error_message=reason,
+                lease_until=None,
+                finished_at=db_now(),
+                updated_at=db_now(),
+            )
+        )
+        conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.run_id == run_id,
+                tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.BLOCKED)),
+            )
+            .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
+        )
+        self._event(conn, run_id, "run:failed", "run_failed", data={"reason": reason})
+        return True
+
+    def set_aside(self, run_id: str, error: str, *, max_failures: int, backoff: Backoff) -> bool:
+        """Count a failed reconciliation of a run and put off the next by ``backoff``.
+
+        Returns ``True`` when this was the ``max_failures``-th failure in a row and the run
+        was failed with the error as its reason.
+        """
+
+        def work(conn: Connection) -> bool:
+            failures = conn.execute(
+                update(runs)
+                .where(runs.c.id == run_id, runs.c.state == RunState.RUNNING.value)
+                .values(reconcile_failures=runs.c.reconcile_failures + 1, error=error)
+                .returning(runs.c.reconcile_failures)
+            ).scalar_one_or_none()
+            if failures is None:
+                return False
+            retry_in = compute_backoff(failures, backoff)
+            conn.execute(
+                update(runs).where(runs.c.id == run_id).values(reconcile_after=db_now() + retry_in)
+            )
+            self._event(
+                conn,
+                run_id,
+                f"run:set-aside:{failures}",
+                "run_set_aside",
+                data={"error": error, "failures": failures, "retry_in": retry_in},
+            )
+            if failures < max_failures:
+                return False
+            reason = f"reconciliation failed {failures} times in a row: {error}"
+            return self._fail_run(conn, run_id, reason)
+
+        return self._transaction(work)
 
     # -- history -------------------------------------------------------------------------
 

@@ -63,6 +63,9 @@ runs = Table(
     Column("tasks_unfinished", Integer, nullable=False),
     Column("tasks_failed", Integer, nullable=False, default=0),
     Column("error", Text, nullable=True),
+    # reconciliation of this run that failed in a row, and when it is tried again
+    Column("reconcile_failures", Integer, nullable=False, default=0, server_default="0"),
+    Column("reconcile_after", Float, nullable=True),
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
@@ -90,12 +93,16 @@ tasks = Table(
     Column("error_type", String(255), nullable=True),
     Column("error_message", Text, nullable=True),
     Column("deliveries", Integer, nullable=False, default=0),
+    # attempts whose worker vanished while running them (a poison task ends failed)
+    Column("lost", Integer, nullable=False, default=0, server_default="0"),
+    # a running attempt's worker is presumed gone once this passes (renewed by heartbeat)
     Column("lease_until", Float, nullable=True),
     Column("queued_at", Float, nullable=True),
     Column("started_at", Float, nullable=True),
     Column("finished_at", Float, nullable=True),
     Column("updated_at", Float, nullable=False),
     Index("ix_gz_tasks_state_updated", "state", "updated_at"),
+    Index("ix_gz_tasks_state_lease", "state", "lease_until"),
 )
 
 attempts = Table(
@@ -106,6 +113,9 @@ attempts = Table(
     Column("attempt", Integer, primary_key=True),
     Column("state", String(16), nullable=False),
     Column("worker", String(255), nullable=True),
+    # the machine and process that ran the attempt, to tell a vanished one
+    Column("host", String(255), nullable=True),
+    Column("pid", Integer, nullable=True),
     Column("error_type", String(255), nullable=True),
     Column("error_message", Text, nullable=True),
     Column("traceback", Text, nullable=True),
@@ -127,6 +137,8 @@ dispatches = Table(
     Column("created_at", Float, nullable=False),
     Column("published_at", Float, nullable=True),
     Column("publish_count", Integer, nullable=False, default=0),
+    # when a reconciler took this unpublished row to publish it again
+    Column("claimed_at", Float, nullable=True),
     Index("ix_gz_dispatches_unpublished", "published_at", "created_at"),
 )
 

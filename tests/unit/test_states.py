@@ -17,6 +17,7 @@ from gleitzeit.states import (
     check_run_transition,
     check_task_transition,
     run_sources,
+    task_moves,
     task_sources,
 )
 
@@ -119,9 +120,15 @@ def test_guarantee_relevant_run_transitions_are_forbidden(old: RunState, new: Ru
     assert (old, new) not in RUN_TRANSITIONS
 
 
-def test_no_state_transitions_to_itself() -> None:
+def test_the_only_transition_to_itself_is_a_new_attempt_replacing_an_unstarted_one() -> None:
     assert all(old is not new for old, new in RUN_TRANSITIONS)
-    assert all(old is not new for old, new in TASK_TRANSITIONS)
+    assert [(o, n) for o, n in TASK_TRANSITIONS if o is n] == [(T.QUEUED, T.QUEUED)]
+
+
+def test_task_moves_checks_each_source_against_the_table() -> None:
+    assert task_moves(T.RETRYING, T.QUEUED, to=T.QUEUED) == ("queued", "retrying")
+    with pytest.raises(InvalidTransition, match="'succeeded' to 'queued'"):
+        task_moves(T.QUEUED, T.SUCCEEDED, to=T.QUEUED)
 
 
 def test_a_final_task_state_is_never_overwritten_by_an_outcome() -> None:
@@ -177,7 +184,7 @@ def test_run_sources_are_the_table_read_backwards(new: RunState) -> None:
     ("new", "sources"),
     [
         (T.RUNNING, ("queued", "retrying")),
-        (T.QUEUED, ("pending",)),
+        (T.QUEUED, ("pending", "queued", "retrying")),
         (T.SUCCEEDED, ("running",)),
         (T.CANCELLED, ("pending", "queued", "retrying", "running")),
         (T.PENDING, ()),
