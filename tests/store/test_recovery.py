@@ -1,0 +1,212 @@
+"""The reconciler's store operations on real SQLite and PostgreSQL: find, repair, fence."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+
+import pytest
+from sqlalchemy import update
+
+from gleitzeit import RunState, TaskState, Workflow
+from gleitzeit.client import plan_run
+from gleitzeit.policy import Backoff
+from gleitzeit.store import ErrorInfo, Store
+from gleitzeit.store.records import Dispatch, Holder, Repair, StuckRun
+from gleitzeit.store.tables import dispatches, runs, tasks
+
+NOW = {"republish_after": 0.0, "dispatch_timeout": 0.0, "stall_timeout": 3600.0}
+LATER = {"republish_after": 3600.0, "dispatch_timeout": 3600.0, "stall_timeout": 3600.0}
+
+
+def pair() -> Workflow:
+    wf = Workflow("pair")
+    first = wf.task("first", "tests.value", params={"value": 1})
+    wf.task("second", "tests.add", params={"a": first.result, "b": 1})
+    return wf
+
+
+def submit(store: Store, wf: Workflow | None = None) -> str:
+    return store.create_run(plan_run(wf or pair(), {})).run_id
+
+
+def stuck_run(store: Store, run_id: str, **timeouts: float) -> StuckRun | None:
+    found = store.find_stuck(**{**LATER, **timeouts})
+    return next((s for s in found if s.run_id == run_id), None)
+
+
+def repair(store: Store, stuck: StuckRun, *, republish_after: float = 0.0) -> Repair:
+    return store.reconcile_run(
+        stuck, republish_after=republish_after, stall_timeout=3600.0, max_lost=3
+    )
+
+
+def expire_lease(store: Store, run_id: str, task_id: str) -> None:
+    with store.engine.begin() as conn:
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.run_id == run_id, tasks.c.task_id == task_id)
+            .values(lease_until=0.0)
+        )
+
+
+def test_a_claim_left_unpublished_is_published_again_by_one_reconciler(store: Store) -> None:
+    run_id = submit(store)  # the root is claimed; nobody published it
+
+    assert stuck_run(store, run_id, republish_after=60.0) is None  # younger than that
+    with store.engine.begin() as conn:  # a minute passes
+        conn.execute(update(dispatches).where(dispatches.c.run_id == run_id).values(created_at=0.0))
+    stuck = stuck_run(store, run_id, republish_after=60.0)
+    assert stuck is not None and stuck.unpublished == [("first", 1)]
+    done = [repair(store, stuck, republish_after=60.0) for _ in range(2)]
+
+    assert [len(r.republish) for r in done] == [1, 0]  # the second finds it claimed
+    assert done[0].republish[0].attempt == 1
+    assert stuck_run(store, run_id, republish_after=60.0) is None
+
+
+def test_a_published_attempt_that_never_started_gets_a_new_attempt(store: Store) -> None:
+    run_id = submit(store)
+    store.mark_published([Dispatch(run_id, "first", 1)])
+
+    stuck = stuck_run(store, run_id, dispatch_timeout=0.0)
+    assert stuck is not None and stuck.unstarted == [("first", 1)]
+    fixed = repair(store, stuck)
+
+    assert [(d.task_id, d.attempt) for d in fixed.dispatches] == [("first", 2)]
+    assert store.start_attempt(run_id, "first", 1) is None  # the lost message, if it comes
+    assert store.start_attempt(run_id, "first", 2) is not None
+    assert Counter(row.attempt for row in store.get_dispatches(run_id)) == {1: 1, 2: 1}
+    assert [e.type for e in store.get_events(run_id)].count("task_redispatched") == 1
+
+
+def test_an_expired_lease_gives_a_new_attempt_and_fences_the_old_one(store: Store) -> None:
+    run_id = submit(store)
+    assert store.start_attempt(run_id, "first", 1, holder=Holder("elsewhere", 1)) is not None
+    assert stuck_run(store, run_id) is None  # the lease is live
+    expire_lease(store, run_id, "first")
+
+    stuck = stuck_run(store, run_id)
+    assert stuck is not None and stuck.lost == [("first", 1)]
+    fixed = repair(store, stuck)
+
+    assert fixed.applied == {"lost": 1}
+    assert [(d.task_id, d.attempt) for d in fixed.dispatches] == [("first", 2)]
+    task = store.get_tasks(run_id)["first"]
+    assert (task.state, task.attempt) == (TaskState.RETRYING, 2)
+    assert task.attempts[0].error_type == "gleitzeit.WorkerLost"
+    # the vanished worker comes back after all: its outcome is fenced off
+    assert not store.record_success(run_id, "first", 1, "1").recorded
+
+
+def test_a_task_lost_max_times_fails_and_ends_the_run(store: Store) -> None:
+    run_id = submit(store)
+    for attempt in (1, 2, 3):
+        assert store.start_attempt(run_id, "first", attempt) is not None
+        recorded = store.attempt_lost(
+            run_id, "first", attempt, reason="its worker process is gone", max_lost=3
+        )
+        assert recorded.recorded
+
+    tasks_ = store.get_tasks(run_id)
+    assert tasks_["first"].state is TaskState.FAILED
+    assert "lost 3 times" in (tasks_["first"].error or "")
+    assert tasks_["second"].state is TaskState.BLOCKED
+    assert store.get_run(run_id).state is RunState.FAILED
+
+
+def test_renewing_a_lease_stops_working_once_the_attempt_was_given_up(store: Store) -> None:
+    run_id = submit(store)
+    store.start_attempt(run_id, "first", 1)
+    assert store.renew_lease(run_id, "first", 1)
+    store.attempt_lost(run_id, "first", 1, reason="gone", max_lost=3)
+    assert not store.renew_lease(run_id, "first", 1)
+
+
+def test_a_run_whose_tasks_all_ended_is_marked_by_what_its_tasks_say(store: Store) -> None:
+    wf = Workflow("one")
+    wf.task("only", "tests.value", params={"value": 1})
+    run_id = submit(store, wf)
+    store.start_attempt(run_id, "only", 1)
+    store.record_failure(run_id, "only", 1, ErrorInfo("ValueError", "bad"))
+    with store.engine.begin() as conn:  # as if the run's own update had been lost
+        conn.execute(update(runs).where(runs.c.id == run_id).values(state="running"))
+
+    stuck = stuck_run(store, run_id)
+    assert stuck is not None and stuck.finished
+    assert repair(store, stuck).applied == {"finished": 1}
+    assert store.get_run(run_id).state is RunState.FAILED
+
+
+def test_a_stalled_run_fails_with_the_reason_and_nothing_starts_after(store: Store) -> None:
+    run_id = submit(store)
+    with store.engine.begin() as conn:
+        conn.execute(update(runs).where(runs.c.id == run_id).values(updated_at=0.0))
+
+    stuck = stuck_run(store, run_id, stall_timeout=60.0)
+    assert stuck is not None and stuck.stalled
+    fixed = store.reconcile_run(stuck, republish_after=0.0, stall_timeout=60.0, max_lost=3)
+
+    assert fixed.applied == {"stalled": 1}
+    run = store.get_run(run_id)
+    assert run.state is RunState.FAILED and (run.error or "").startswith("stalled")
+    states = {t: task.state for t, task in store.get_tasks(run_id).items()}
+    assert states == {"first": TaskState.FAILED, "second": TaskState.BLOCKED}
+    assert store.start_attempt(run_id, "first", 1) is None
+
+
+def test_a_running_task_with_a_live_lease_is_not_a_stall(store: Store) -> None:
+    run_id = submit(store)
+    store.start_attempt(run_id, "first", 1)
+    with store.engine.begin() as conn:
+        conn.execute(update(runs).where(runs.c.id == run_id).values(updated_at=0.0))
+        conn.execute(update(tasks).where(tasks.c.run_id == run_id).values(started_at=0.0))
+    assert stuck_run(store, run_id, stall_timeout=60.0) is None
+
+
+def test_a_run_set_aside_is_skipped_until_its_time_then_failed_at_the_limit(
+    store: Store,
+) -> None:
+    run_id = submit(store)
+    backoff = Backoff(base=3600.0, jitter=False)
+    assert not store.set_aside(run_id, "ValueError: bad", max_failures=2, backoff=backoff)
+    assert stuck_run(store, run_id, republish_after=0.0) is None  # put off for an hour
+    assert store.get_run(run_id).state is RunState.RUNNING
+
+    assert store.set_aside(run_id, "ValueError: bad", max_failures=2, backoff=backoff)
+    run = store.get_run(run_id)
+    assert run.state is RunState.FAILED
+    assert run.error == "reconciliation failed 2 times in a row: ValueError: bad"
+    assert [e.type for e in store.get_events(run_id)].count("run_set_aside") == 2
+
+
+def test_two_reconcilers_repairing_one_finding_apply_it_once(store: Store) -> None:
+    runs_ = [submit(store) for _ in range(20)]
+    for run_id in runs_:
+        store.start_attempt(run_id, "first", 1)
+        expire_lease(store, run_id, "first")
+    found = [s for s in store.find_stuck(**NOW) if s.run_id in runs_]
+    barrier = threading.Barrier(2)
+    repairs: list[Repair] = []
+
+    def reconcile() -> None:
+        barrier.wait()
+        repairs.extend(repair(store, stuck) for stuck in found)
+
+    threads = [threading.Thread(target=reconcile) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert sum(r.applied.get("lost", 0) for r in repairs) == 20
+    for run_id in runs_:
+        assert Counter(row.attempt for row in store.get_dispatches(run_id)) == {1: 1, 2: 1}
+
+
+@pytest.mark.parametrize("state", ["succeeded", "failed"])
+def test_a_message_for_a_run_that_ended_does_no_work(store: Store, state: str) -> None:
+    run_id = submit(store)
+    with store.engine.begin() as conn:
+        conn.execute(update(runs).where(runs.c.id == run_id).values(state=state))
+    assert store.start_attempt(run_id, "first", 1) is None
