@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -496,3 +497,107 @@ class CeleryWorker:
             node in line and line.rstrip().endswith("ready.")
             for line in self.log_text().splitlines()
         )
+
+
+class CeleryBeat(CeleryWorker):
+    """``celery -A gleitzeit.worker beat``: sends ``gleitzeit.reconcile`` on its schedule."""
+
+    @classmethod
+    def start_beat(
+        cls,
+        *,
+        broker_url: str,
+        database_url: str,
+        log_dir: Path,
+        env: Mapping[str, str] | None = None,
+    ) -> CeleryBeat:
+        name = f"beat-{secrets.token_hex(4)}"
+        command = [
+            sys.executable, "-m", "celery", "-A", "gleitzeit.worker", "beat",
+            "-s", str(log_dir / f"{name}-schedule"),
+            "-l", "info",
+        ]  # fmt: skip
+        log_path = _fresh_log_path(log_dir, name)
+        beat = cls._spawn(command, _worker_env(broker_url, database_url, env), name, log_path)
+        assert isinstance(beat, CeleryBeat)
+        return beat
+
+    def _logged_ready(self) -> bool:
+        return "beat: Starting..." in self.log_text()
+
+
+class TcpProxy:
+    """A TCP proxy on 127.0.0.1 in front of ``target``, which the test can cut and restore.
+
+    ``cut()`` closes every proxied connection and refuses new ones, as a network partition
+    between the clients and the server would; ``restore()`` lets connections through again.
+    """
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = free_port()
+        self._cut = threading.Event()
+        self._lock = threading.Lock()
+        self._open: set[socket.socket] = set()
+        self._listener = socket.create_server((_HOST, self.port))
+        self._listener.settimeout(0.1)
+        self._stopped = threading.Event()
+        self._thread = threading.Thread(target=self._accept, daemon=True)
+        self._thread.start()
+
+    def url_for(self, url: str) -> str:
+        """``url`` with its host and port replaced by the proxy's."""
+        parts = urlsplit(url)
+        netloc = parts.netloc.rsplit("@", 1)
+        userinfo = netloc[0] + "@" if len(netloc) == 2 else ""
+        return urlunsplit(parts._replace(netloc=f"{userinfo}{_HOST}:{self.port}"))
+
+    def cut(self) -> None:
+        self._cut.set()
+        with self._lock:
+            for sock in self._open:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
+                sock.close()
+            self._open.clear()
+
+    def restore(self) -> None:
+        self._cut.clear()
+
+    def close(self) -> None:
+        self._stopped.set()
+        self.cut()
+        self._thread.join(timeout=5)
+        self._listener.close()
+
+    def _accept(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                client, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            if self._cut.is_set():
+                client.close()
+                continue
+            try:
+                server = socket.create_connection(self.target, timeout=5)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._open.update((client, server))
+            for source, sink in ((client, server), (server, client)):
+                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+
+    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+        try:
+            while chunk := source.recv(65536):
+                sink.sendall(chunk)
+        except OSError:
+            pass
+        finally:
+            for sock in (source, sink):
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)

@@ -7,6 +7,7 @@ how often a body really ran, across worker processes.
 from __future__ import annotations
 
 import os
+import signal
 import time
 import uuid
 from pathlib import Path
@@ -113,3 +114,22 @@ def big(size: int) -> str:
 def multiply(x: int, y: int) -> int:
     """An existing plain Celery task, unaware of gleitzeit."""
     return x * y
+
+
+@task(name="tests.slow")
+def slow(seconds: float, marks: str, name: str, after: Any = None) -> str:
+    """Mark ``started-<name>``, take ``seconds``, then mark ``<name>``: a finished run.
+
+    ``after`` only ties the task to the results it references.
+    """
+    _mark(marks, f"started-{name}")
+    time.sleep(seconds)
+    _mark(marks, name)
+    return name
+
+
+@task(name="tests.poison")
+def poison(marks: str, name: str = "poison") -> None:
+    """Kill the worker process that runs it, every time (as the OOM killer would)."""
+    _mark(marks, name)
+    os.kill(os.getpid(), signal.SIGKILL)
