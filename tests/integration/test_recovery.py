@@ -430,6 +430,7 @@ def cut_postgres(cluster: Cluster) -> Outage:
 
 
 def test_two_reconcilers_at_once_for_100_rounds_during_runs(cluster: Cluster, marks: str) -> None:
+    cluster.env["GLEITZEIT_REPUBLISH_AFTER"] = "1"
     cluster.start_worker(concurrency=2)
     client = cluster.client()
     # an app whose broker is down when it submits: its runs wait in the ledger
@@ -457,6 +458,7 @@ def test_two_reconcilers_at_once_for_100_rounds_during_runs(cluster: Cluster, ma
         for _ in range(100):
             own.reconcile()
             rounds.append(1)
+            time.sleep(0.05)  # rounds spread over seconds, so they meet runs in every phase
 
     threads = [threading.Thread(target=reconcile) for _ in range(2)]
     begun = time.monotonic()
