@@ -44,8 +44,14 @@ def celery_defaults(settings: Settings) -> dict[str, Any]:
         "task_reject_on_worker_lost": True,
         "worker_prefetch_multiplier": 1,
         "broker_connection_retry_on_startup": True,
-        # must exceed the longest task timeout and retry backoff (redis, SQS)
-        "broker_transport_options": {"visibility_timeout": 3600},
+        "broker_transport_options": {
+            # must exceed the longest task timeout and retry backoff (redis, SQS)
+            "visibility_timeout": 3600,
+            # a publisher that finds the broker down fails at once: gleitzeit retries and
+            # its circuit breaker decide what comes next (workers reconnect on their own terms)
+            "max_retries": 1,
+            "interval_start": 0,
+        },
         "worker_hijack_root_logger": False,
     }
 
@@ -150,7 +156,10 @@ def create_app(settings: Settings | None = None, *, main: str = "gleitzeit") -> 
     settings = settings or Settings.from_env()
     new_app = Celery(main)
     config = celery_defaults(settings)
-    config.update(_user_config())
+    user = _user_config()
+    # the user's transport options add to gleitzeit's rather than drop them
+    transport = {**config["broker_transport_options"], **user.pop("broker_transport_options", {})}
+    config.update(user, broker_transport_options=transport)
     if "CELERY_BROKER_URL" in os.environ:
         config["broker_url"] = os.environ["CELERY_BROKER_URL"]
     new_app.conf.update(config)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import REPO_ROOT
+from tests.services import REPO_ROOT, RedisServer, free_port
 
 GLEITZEIT = shutil.which("gleitzeit", path=str(Path(sys.executable).parent)) or "gleitzeit"
 
@@ -136,3 +136,87 @@ def test_a_missing_file_is_a_clear_error(args: list[str], tmp_path: Path) -> Non
 
     assert done.returncode != 0
     assert "nowhere" in done.stderr
+
+
+def _env(**values: str) -> dict[str, str]:
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update(values)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GLEITZEIT, *args],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def test_check_passes_with_gleitzeits_settings(redis_server: RedisServer, tmp_path: Path) -> None:
+    env = _env(
+        CELERY_BROKER_URL=redis_server.url_for(5),
+        GLEITZEIT_DATABASE_URL=f"sqlite:///{tmp_path / 'check.db'}",
+    )
+    done = run_cli("check", "-I", "tests.tasks", env=env)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok: settings keep gleitzeit's guarantees" in done.stdout
+
+
+def test_check_names_each_breaking_setting_and_fails(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    (tmp_path / "badconfig.py").write_text(
+        "worker_prefetch_multiplier = 4\n"
+        "accept_content = ['json', 'pickle']\n"
+        "broker_transport_options = {'visibility_timeout': 5}\n"
+    )
+    env = _env(
+        CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
+        GLEITZEIT_DATABASE_URL=f"sqlite:///{tmp_path / 'check.db'}",
+        GLEITZEIT_CELERY_CONFIG="badconfig",
+    )
+    env["PYTHONPATH"] = f"{tmp_path}:{REPO_ROOT}"
+    done = run_cli("check", "-I", "tests.tasks", env=env)
+
+    assert done.returncode == 1
+    assert "warning: worker_prefetch_multiplier: 4:" in done.stdout
+    assert "error: accept_content: accepts pickle" in done.stdout
+    assert "error: broker_transport_options.visibility_timeout: 5 s" in done.stdout
+    assert "error: broker_url: broker unreachable" in done.stdout
+    assert "3 problem(s) break gleitzeit's guarantees" in done.stderr  # errors, not warnings
+
+
+def test_reconcile_once_publishes_what_an_offline_submit_left(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    from gleitzeit import Client, Settings, Workflow
+
+    database_url = f"sqlite:///{tmp_path / 'reconcile.db'}"
+    offline = Client(
+        settings=Settings(
+            database_url=database_url, broker_url=f"redis://127.0.0.1:{free_port()}/0"
+        )
+    )
+    wf = Workflow("offline")
+    wf.task("only", "tests.value", params={"value": 1})
+    run = offline.submit(wf)
+    assert [row.published_at for row in offline.store.get_dispatches(run.id)] == [None]
+
+    env = _env(
+        CELERY_BROKER_URL=redis_server.url_for(5),
+        GLEITZEIT_DATABASE_URL=database_url,
+        GLEITZEIT_REPUBLISH_AFTER="0.01",
+    )
+    done = run_cli("reconcile", "--once", env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert "reconciled: republished 1, published 1" in done.stdout
+    (row,) = offline.store.get_dispatches(run.id)
+    assert row.published_at is not None and row.publish_count == 1
