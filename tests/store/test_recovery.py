@@ -210,3 +210,33 @@ def test_a_message_for_a_run_that_ended_does_no_work(store: Store, state: str) -
     with store.engine.begin() as conn:
         conn.execute(update(runs).where(runs.c.id == run_id).values(state=state))
     assert store.start_attempt(run_id, "first", 1) is None
+
+
+def test_a_run_whose_repair_keeps_raising_is_set_aside_then_failed(store: Store) -> None:
+    from gleitzeit import Settings
+    from gleitzeit.dispatch import Dispatcher
+    from gleitzeit.reconcile import Reconciler
+    from gleitzeit.worker import create_app
+
+    run_id = submit(store)
+    with store.engine.begin() as conn:  # a ready task whose stored options cannot be read
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.run_id == run_id, tasks.c.task_id == "second")
+            .values(waiting_on=0, options="{not json")
+        )
+    settings = Settings(reconcile_interval=3600.0, max_reconcile_failures=2)
+    app = create_app(Settings(broker_url="memory://localhost/"))
+    reconciler = Reconciler(store, Dispatcher(app, store), settings)
+
+    assert run_id in reconciler.run_once().set_aside
+    assert run_id not in reconciler.run_once().set_aside  # put off for an interval
+    assert store.get_run(run_id).state is RunState.RUNNING
+    assert store.get_tasks(run_id)["second"].state is TaskState.PENDING  # nothing half-written
+    with store.engine.begin() as conn:  # the interval passes
+        conn.execute(update(runs).where(runs.c.id == run_id).values(reconcile_after=0.0))
+    assert run_id in reconciler.run_once().set_aside
+
+    run = store.get_run(run_id)
+    assert run.state is RunState.FAILED
+    assert (run.error or "").startswith("reconciliation failed 2 times in a row: ")
