@@ -645,12 +645,7 @@ class Store:
         def work(conn: Connection) -> bool:
             renewed = conn.execute(
                 update(tasks)
-                .where(
-                    tasks.c.run_id == run_id,
-                    tasks.c.task_id == task_id,
-                    tasks.c.attempt == attempt,
-                    tasks.c.state == TaskState.RUNNING.value,
-                )
+                .where(*_on_attempt(run_id, task_id, attempt, [TaskState.RUNNING.value]))
                 .values(lease_until=db_now() + self.lease_seconds)
             ).rowcount
             return bool(renewed)
@@ -678,12 +673,7 @@ class Store:
         max_lost: int,
         expired_only: bool,
     ) -> Recorded:
-        running = [
-            tasks.c.run_id == run_id,
-            tasks.c.task_id == task_id,
-            tasks.c.attempt == attempt,
-            tasks.c.state == TaskState.RUNNING.value,
-        ]
+        running = _on_attempt(run_id, task_id, attempt, [TaskState.RUNNING.value])
         if expired_only:
             running.append(tasks.c.lease_until < db_now())
         row = conn.execute(
@@ -783,12 +773,12 @@ class Store:
         row = conn.execute(
             update(tasks)
             .where(
-                tasks.c.run_id == run_id,
-                tasks.c.task_id == task_id,
-                tasks.c.attempt == attempt,
-                tasks.c.state.in_(
-                    task_moves(TaskState.QUEUED, TaskState.RETRYING, to=TaskState.QUEUED)
-                ),
+                *_on_attempt(
+                    run_id,
+                    task_id,
+                    attempt,
+                    task_moves(TaskState.QUEUED, TaskState.RETRYING, to=TaskState.QUEUED),
+                )
             )
             .values(
                 state=TaskState.QUEUED.value,
@@ -1024,14 +1014,19 @@ def _move(run_id: str, task_id: str, attempt: int, new: TaskState) -> Any:
     """
     return (
         update(tasks)
-        .where(
-            tasks.c.run_id == run_id,
-            tasks.c.task_id == task_id,
-            tasks.c.attempt == attempt,
-            tasks.c.state.in_(task_sources(new)),
-        )
+        .where(*_on_attempt(run_id, task_id, attempt, task_sources(new)))
         .values(state=new.value, updated_at=db_now())
     )
+
+
+def _on_attempt(run_id: str, task_id: str, attempt: int, states: Sequence[str]) -> list[Any]:
+    """``WHERE`` clauses: the task is on ``attempt`` (the fencing token) in one of ``states``."""
+    return [
+        tasks.c.run_id == run_id,
+        tasks.c.task_id == task_id,
+        tasks.c.attempt == attempt,
+        tasks.c.state.in_(states),
+    ]
 
 
 __all__ = ["Store", "message_id"]

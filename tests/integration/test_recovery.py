@@ -200,14 +200,22 @@ def started(marks: str, name: str) -> bool:
     return count_marks(marks, f"started-{name}") >= 1
 
 
+def chain_running(
+    cluster: Cluster, marks: str, name: str, seconds: float
+) -> tuple[CeleryWorker, Run]:
+    """A worker and beat, and a 3-task chain of ``seconds`` each, once its middle task runs."""
+    worker = cluster.start_worker()
+    cluster.start_beat()
+    run = cluster.client().submit(chain_of_slow(name, marks, length=3, seconds=seconds))
+    wait_until(lambda: started(marks, "t1"), timeout=60, message="t1 never started")
+    return worker, run
+
+
 # -- killed workers ------------------------------------------------------------------------
 
 
 def test_sigkill_of_a_pool_process_mid_task(cluster: Cluster, marks: str) -> None:
-    cluster.start_worker()
-    cluster.start_beat()
-    run = cluster.client().submit(chain_of_slow("pool-kill", marks, length=3, seconds=1.0))
-    wait_until(lambda: started(marks, "t1"), timeout=60, message="t1 never started")
+    _, run = chain_running(cluster, marks, "pool-kill", 1.0)
     holder = run.client.store.holder(run.id, "t1", 1)
     assert holder is not None and holder.pid is not None
 
@@ -222,29 +230,33 @@ def test_sigkill_of_a_pool_process_mid_task(cluster: Cluster, marks: str) -> Non
     assert count_marks(marks, "t0") == 1 and count_marks(marks, "t2") == 1
 
 
-def test_sigkill_of_the_worker_main_process_mid_task(cluster: Cluster, marks: str) -> None:
-    first = cluster.start_worker()
-    cluster.start_beat()
-    run = cluster.client().submit(chain_of_slow("main-kill", marks, length=3, seconds=1.0))
-    wait_until(lambda: started(marks, "t1"), timeout=60, message="t1 never started")
+@pytest.mark.parametrize(
+    ("fault", "sig"),
+    [
+        # the main process only: its pool is orphaned and finishes what it holds
+        ("SIGKILL of the worker's main process mid-task", signal.SIGKILL),
+        ("cold shutdown mid-task, then a new worker", signal.SIGQUIT),
+    ],
+)
+def test_the_worker_stops_mid_task_and_a_new_worker_goes_on(
+    cluster: Cluster, marks: str, fault: str, sig: int
+) -> None:
+    first, run = chain_running(cluster, marks, "stopped", 2.0)
 
-    first.signal(signal.SIGKILL)  # the main process only; its pool is orphaned
+    first.signal(sig)
+    wait_until(lambda: not first.is_running(), timeout=60, message="the worker does not stop")
     cluster.start_worker()
-    state = wait_for_end(run, time.monotonic(), "SIGKILL of the worker's main process mid-task")
+    state = wait_for_end(run, time.monotonic(), fault)
 
     assert state is RunState.SUCCEEDED
     assert_recorded_once(run)
-    assert count_marks(marks, "t0") == 1 and count_marks(marks, "t2") == 1
-    assert count_marks(marks, "t1") == 1
+    assert [count_marks(marks, f"t{i}") for i in range(3)] == [1, 1, 1]
 
 
 def test_warm_shutdown_finishes_the_running_task_and_a_new_worker_goes_on(
     cluster: Cluster, marks: str
 ) -> None:
-    first = cluster.start_worker()
-    cluster.start_beat()
-    run = cluster.client().submit(chain_of_slow("warm", marks, length=3, seconds=1.0))
-    wait_until(lambda: started(marks, "t1"), timeout=60, message="t1 never started")
+    first, run = chain_running(cluster, marks, "warm", 1.0)
 
     first.signal(signal.SIGTERM)
     wait_until(lambda: not first.is_running(), timeout=60, message="warm shutdown hangs")
@@ -255,23 +267,6 @@ def test_warm_shutdown_finishes_the_running_task_and_a_new_worker_goes_on(
     assert state is RunState.SUCCEEDED
     assert_recorded_once(run)
     assert all(count_marks(marks, f"started-t{i}") == 1 for i in range(3))
-
-
-def test_cold_shutdown_mid_task_and_a_new_worker_goes_on(cluster: Cluster, marks: str) -> None:
-    first = cluster.start_worker()
-    cluster.start_beat()
-    run = cluster.client().submit(chain_of_slow("cold", marks, length=3, seconds=2.0))
-    wait_until(lambda: started(marks, "t1"), timeout=60, message="t1 never started")
-
-    first.signal(signal.SIGQUIT)
-    wait_until(lambda: not first.is_running(), timeout=60, message="cold shutdown hangs")
-    cluster.start_worker()
-    state = wait_for_end(run, time.monotonic(), "cold shutdown mid-task, then a new worker")
-
-    assert state is RunState.SUCCEEDED
-    assert_recorded_once(run)
-    assert count_marks(marks, "t0") == 1 and count_marks(marks, "t2") == 1
-    assert count_marks(marks, "t1") == 1
 
 
 def test_a_poison_task_fails_after_bounded_losses_and_the_run_ends(
