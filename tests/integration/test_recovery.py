@@ -237,6 +237,7 @@ def test_sigkill_of_a_pool_process_mid_task(cluster: Cluster, marks: str) -> Non
         ("SIGKILL of the worker's main process mid-task", signal.SIGKILL),
         ("cold shutdown mid-task, then a new worker", signal.SIGQUIT),
     ],
+    ids=["main-process-sigkill", "cold-shutdown"],
 )
 def test_the_worker_stops_mid_task_and_a_new_worker_goes_on(
     cluster: Cluster, marks: str, fault: str, sig: int
