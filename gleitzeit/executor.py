@@ -18,9 +18,11 @@ import logging
 import os
 import socket
 import threading
+import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
-from types import TracebackType
 from typing import Any
 
 from gleitzeit import codec, policy, refs
@@ -82,42 +84,62 @@ def process_gone(pid: int) -> bool:
     return False
 
 
+Attempt = tuple[str, str, int]
+
+
 class Heartbeat:
-    """Renews a running attempt's lease from a thread while the body runs."""
+    """Renews the leases of the attempts this process runs, from one thread of its own.
 
-    def __init__(self, store: Store, run_id: str, task_id: str, attempt: int) -> None:
+    Holding an attempt is a set insertion; the thread, started on first use in each
+    process (threads do not survive a fork), wakes every third of the lease and renews
+    the lease of every attempt still held.
+    """
+
+    def __init__(self, store: Store) -> None:
         self.store = store
-        self.key = (run_id, task_id, attempt)
         self.every = store.lease_seconds / 3
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._beat, name="gleitzeit-heartbeat", daemon=True)
+        self._held: set[Attempt] = set()
+        self._lock = threading.Lock()
+        self._owner_pid = 0
 
-    def __enter__(self) -> Heartbeat:
-        self._thread.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self._stop.set()
+    @contextmanager
+    def hold(self, attempt: Attempt) -> Iterator[None]:
+        """Keep ``attempt``'s lease alive while the block runs."""
+        with self._lock:
+            self._held.add(attempt)
+            if self._owner_pid != os.getpid():
+                self._owner_pid = os.getpid()
+                threading.Thread(target=self._beat, name="gleitzeit-heartbeat", daemon=True).start()
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held.discard(attempt)
 
     def _beat(self) -> None:
-        while not self._stop.wait(self.every):
-            try:
-                if not self.store.renew_lease(*self.key):
-                    log.warning(
-                        "run %s task %s attempt %d was given up on while running; "
-                        "its outcome will be ignored",
-                        *self.key,
-                    )
-                    return
-            except StorageFailure as exc:
-                log.warning(
-                    "heartbeat of run %s task %s could not renew its lease: %s", *self.key[:2], exc
-                )
+        while True:
+            time.sleep(self.every)
+            with self._lock:
+                held = sorted(self._held)
+            for attempt in held:
+                self._renew(attempt)
+
+    def _renew(self, attempt: Attempt) -> None:
+        try:
+            renewed = self.store.renew_lease(*attempt)
+        except StorageFailure as exc:
+            log.warning(
+                "heartbeat of run %s task %s could not renew its lease: %s", *attempt[:2], exc
+            )
+            return
+        if not renewed:
+            with self._lock:
+                self._held.discard(attempt)
+            log.warning(
+                "run %s task %s attempt %d was given up on while running; "
+                "its outcome will be ignored",
+                *attempt,
+            )
 
 
 class Executor:
@@ -131,6 +153,7 @@ class Executor:
             str(app.conf.broker_url), reset_seconds=settings.breaker_reset_seconds
         )
         self.dispatcher = Dispatcher(app, store, breaker=breaker)
+        self.heartbeat = Heartbeat(store)
 
     def execute(self, run_id: str, task_id: str, attempt: int, *, worker: str | None) -> None:
         me = Holder(HOST, os.getpid())
@@ -145,7 +168,7 @@ class Executor:
             self._recover_if_holder_gone(run_id, task_id, attempt)
             return
         crash_point("after_start_commit")
-        with Heartbeat(self.store, run_id, task_id, attempt):
+        with self.heartbeat.hold((run_id, task_id, attempt)):
             outcome = self._run(started)
         if isinstance(outcome, Failure):
             recorded = self.store.record_failure(

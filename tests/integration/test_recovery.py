@@ -230,6 +230,21 @@ def test_sigkill_of_a_pool_process_mid_task(cluster: Cluster, marks: str) -> Non
     assert count_marks(marks, "t0") == 1 and count_marks(marks, "t2") == 1
 
 
+def test_a_task_running_longer_than_its_lease_keeps_it_by_heartbeat(
+    cluster: Cluster, marks: str
+) -> None:
+    cluster.env["GLEITZEIT_LEASE_SECONDS"] = "1.5"
+    cluster.start_worker()
+    cluster.start_beat()
+    wf = Workflow("long")
+    wf.task("long", tasks.slow, params={"seconds": 6.0, "marks": marks, "name": "long"})
+    run = cluster.client().submit(wf)
+
+    assert run.wait(timeout=DEADLINE) == {"long": "long"}
+    assert run.tasks["long"].attempt == 1  # the reconciler never presumed it lost
+    assert count_marks(marks, "started-long") == 1
+
+
 @pytest.mark.parametrize(
     ("fault", "sig"),
     [
