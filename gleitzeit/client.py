@@ -10,7 +10,7 @@ from typing import Any
 from celery import Celery
 
 from gleitzeit import codec
-from gleitzeit.dispatch import Dispatcher, breaker_for
+from gleitzeit.dispatch import Dispatcher
 from gleitzeit.errors import ParamsError, RunTimeout, WorkflowFailed
 from gleitzeit.reconcile import Reconciled, Reconciler
 from gleitzeit.resolver import DependencyResolver
@@ -149,10 +149,9 @@ class Client:
 
     @property
     def dispatcher(self) -> Dispatcher:
-        breaker = breaker_for(
-            str(self.app.conf.broker_url), reset_seconds=self.settings.breaker_reset_seconds
+        return Dispatcher(
+            self.app, self.store, breaker_reset_seconds=self.settings.breaker_reset_seconds
         )
-        return Dispatcher(self.app, self.store, breaker=breaker)
 
     def reconcile(self) -> Reconciled:
         """One reconciliation round over every run in the store (:mod:`gleitzeit.reconcile`)."""

@@ -81,12 +81,15 @@ class Dispatcher:
         store: Store,
         *,
         attempts: int = 5,
+        breaker_reset_seconds: float = 30.0,
         breaker: pybreaker.CircuitBreaker | None = None,
     ) -> None:
         self.app = app
         self.store = store
         self.attempts = attempts
-        self.breaker = breaker or breaker_for(str(app.conf.broker_url))
+        self.breaker = breaker or breaker_for(
+            str(app.conf.broker_url), reset_seconds=breaker_reset_seconds
+        )
 
     def _send(self, dispatch: Dispatch, producer: Any) -> None:
         self.app.send_task(

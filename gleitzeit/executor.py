@@ -27,7 +27,7 @@ from typing import Any
 
 from gleitzeit import codec, policy, refs
 from gleitzeit.crashpoints import crash_point
-from gleitzeit.dispatch import Dispatcher, breaker_for
+from gleitzeit.dispatch import Dispatcher
 from gleitzeit.errors import ReferenceResolutionError, ResultError, StorageFailure
 from gleitzeit.policy import Backoff
 from gleitzeit.settings import Settings
@@ -149,10 +149,9 @@ class Executor:
         self.app = app
         self.store = store
         self.settings = settings
-        breaker = breaker_for(
-            str(app.conf.broker_url), reset_seconds=settings.breaker_reset_seconds
+        self.dispatcher = Dispatcher(
+            app, store, breaker_reset_seconds=settings.breaker_reset_seconds
         )
-        self.dispatcher = Dispatcher(app, store, breaker=breaker)
         self.heartbeat = Heartbeat(store)
 
     def execute(self, run_id: str, task_id: str, attempt: int, *, worker: str | None) -> None:
