@@ -1,4 +1,4 @@
-"""Tasks for the benchmarks (``scripts/bench.py``, ``scripts/bench_fanin.py``): no-ops as plain
+"""Tasks for the benchmarks (``scripts/bench.py``): no-ops as plain
 Celery tasks, as gleitzeit tasks, celery-dyrygent's workflow processor, and a statement counter.
 
 The worker imports this module (``celery -A gleitzeit.worker worker -I scripts.bench_tasks``);
