@@ -43,7 +43,9 @@ class TaskState(str, Enum):
     SUCCEEDED = "succeeded"
     #: the last attempt failed
     FAILED = "failed"
-    #: will not run; its dependents read ``None`` from it
+    #: failed, and its ``on_failure`` ("skip", "alternative:...") let the run go on, its
+    #: error kept; or an alternative that was not needed. Dependents read ``None`` from it
+    #: (or, when an alternative stood in, the alternative's result)
     SKIPPED = "skipped"
     #: will not run because a task it depends on failed
     BLOCKED = "blocked"
@@ -84,9 +86,11 @@ RUN_TRANSITIONS: frozenset[tuple[RunState, RunState]] = frozenset(
         # tasks that were running while paused may end the run
         (RunState.PAUSED, RunState.SUCCEEDED),
         (RunState.PAUSED, RunState.FAILED),
-        # workflow-level retry reopens a finished run
+        # workflow-level retry reopens an ended run (a succeeded one from the start or
+        # with new inputs)
         (RunState.FAILED, RunState.RUNNING),
         (RunState.CANCELLED, RunState.RUNNING),
+        (RunState.SUCCEEDED, RunState.RUNNING),
     }
 )
 
@@ -110,8 +114,20 @@ TASK_TRANSITIONS: frozenset[tuple[TaskState, TaskState]] = frozenset(
         (TaskState.RETRYING, TaskState.FAILED),
         # an upstream task failed with on_failure="block"
         (TaskState.PENDING, TaskState.BLOCKED),
-        # an upstream task failed with on_failure="skip"
+        # the attempt failed and on_failure "skip" or "alternative:<id>" lets the run go on
+        (TaskState.RUNNING, TaskState.SKIPPED),
+        (TaskState.QUEUED, TaskState.SKIPPED),
+        (TaskState.RETRYING, TaskState.SKIPPED),
+        # an alternative whose task succeeded is not needed
         (TaskState.PENDING, TaskState.SKIPPED),
+        # workflow retry "skip_failed"
+        (TaskState.FAILED, TaskState.SKIPPED),
+        # workflow retry: the task runs again, as new attempts
+        (TaskState.SUCCEEDED, TaskState.PENDING),
+        (TaskState.FAILED, TaskState.PENDING),
+        (TaskState.SKIPPED, TaskState.PENDING),
+        (TaskState.BLOCKED, TaskState.PENDING),
+        (TaskState.CANCELLED, TaskState.PENDING),
         # cancel: nothing that has not finished will start
         (TaskState.PENDING, TaskState.CANCELLED),
         (TaskState.QUEUED, TaskState.CANCELLED),

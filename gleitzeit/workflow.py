@@ -21,6 +21,8 @@ from gleitzeit.policy import Backoff, type_name
 from gleitzeit.refs import PathSegment, format_reference
 
 ON_FAILURE_BLOCK = "block"
+ON_FAILURE_SKIP = "skip"
+ALTERNATIVE_PREFIX = "alternative:"
 
 _SPEC_FIELDS = (
     "id",
@@ -34,7 +36,15 @@ _SPEC_FIELDS = (
     "on_failure",
     "queue",
     "priority",
+    "compensate",
 )
+
+
+def alternative_of(on_failure: str) -> str | None:
+    """The task id an ``on_failure="alternative:<id>"`` names, else ``None``."""
+    if on_failure.startswith(ALTERNATIVE_PREFIX):
+        return on_failure[len(ALTERNATIVE_PREFIX) :].strip()
+    return None
 
 
 @dataclass(frozen=True)
@@ -52,9 +62,11 @@ class TaskSpec:
     on_failure: str = ON_FAILURE_BLOCK
     queue: str | None = None
     priority: int | None = None
+    #: the Celery task that undoes this one when its run fails (a saga), or ``None``
+    compensate: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return {
+        data: dict[str, Any] = {
             "id": self.id,
             "task": self.name,
             "params": self.params,
@@ -67,6 +79,10 @@ class TaskSpec:
             "queue": self.queue,
             "priority": self.priority,
         }
+        # only when set, so that graphs without compensations keep the hash they had
+        if self.compensate is not None:
+            data["compensate"] = self.compensate
+        return data
 
 
 @dataclass(frozen=True)
@@ -227,12 +243,20 @@ class Workflow:
         on_failure: str = ON_FAILURE_BLOCK,
         queue: str | None = None,
         priority: int | None = None,
+        compensate: Any = None,
     ) -> TaskHandle:
         """Add a task and return its handle.
 
         ``fn`` is a ``@task`` function, any Celery task, or the registered name of one.
         Options left ``None`` come from ``@task``'s defaults. Problems in the graph are
         reported together by :meth:`validate` (and by ``submit``), not here.
+
+        ``on_failure``: ``"block"`` (dependents are blocked), ``"skip"`` (dependents run
+        and read ``None``), or ``"alternative:<task id>"`` (that task runs in this one's
+        place; dependents read its result through this task's id).
+        ``compensate``: a task (as ``fn``) that undoes this one. When the run fails, the
+        compensations of the tasks that succeeded run one by one, latest first, each
+        called with this task's params and ``result=`` its result.
         """
         defaults = task_defaults(fn)
         spec = TaskSpec(
@@ -247,6 +271,7 @@ class Workflow:
             on_failure=on_failure,
             queue=defaults.queue if queue is None else queue,
             priority=defaults.priority if priority is None else priority,
+            compensate=None if compensate is None else task_defaults(compensate).name,
         )
         self.specs.append(spec)
         return TaskHandle(id)
@@ -371,6 +396,7 @@ class _WorkflowReader:
         on_failure = self._typed(item, "on_failure", str, where) or ON_FAILURE_BLOCK
         queue = self._typed(item, "queue", str, where)
         priority = self._typed(item, "priority", int, where)
+        compensate = self._typed(item, "compensate", str, where)
         try:
             backoff = Backoff.coerce(item.get("backoff"))
         except (TypeError, ValueError) as exc:
@@ -389,6 +415,7 @@ class _WorkflowReader:
             on_failure=on_failure,
             queue=queue,
             priority=priority,
+            compensate=compensate,
         )
 
     def _typed(

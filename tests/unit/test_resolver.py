@@ -279,14 +279,99 @@ def test_block_is_a_valid_on_failure() -> None:
     assert DependencyResolver(wf).problems() == []
 
 
-@pytest.mark.parametrize("on_failure", ["skip", "alternative:fallback"])
-def test_failure_strategies_not_built_yet_are_refused_clearly(on_failure: str) -> None:
-    # SPEC 3's "skip" and "alternative:<id>" come with the failure-strategies issue; until
-    # then a workflow naming them is refused before anything runs, never half-run.
+@pytest.mark.parametrize("on_failure", ["block", "skip", "alternative:fallback"])
+def test_the_failure_strategies_are_valid(on_failure: str) -> None:
     wf = Workflow("w")
     wf.task("fallback", "app.fallback")
     wf.task("t", "app.x", on_failure=on_failure)
-    assert contains(problems_of(wf), "'t'", repr(on_failure), "not supported yet")
+    wf.task("after", "app.x", params={"v": "${t.result}"})
+    assert DependencyResolver(wf).problems() == []
+
+
+def test_an_alternative_stands_in_for_its_task() -> None:
+    wf = Workflow("w")
+    wf.task("fetch", "app.fetch", on_failure="alternative:cached")
+    wf.task("cached", "app.cached")
+    wf.task("use", "app.use", params={"v": "${fetch.result}"})
+    resolver = DependencyResolver(wf)
+    assert resolver.stands_in_for == {"cached": "fetch"}
+    order = resolver.order()
+    assert order.index("fetch") < order.index("cached") < order.index("use")
+    # it runs only in fetch's place: it is not a root, and use waits for fetch only
+    assert resolver.parents("use") == ["fetch"]
+
+
+@pytest.mark.parametrize(
+    ("build", "fragments"),
+    [
+        (lambda wf: wf.task("a", "app.x", on_failure="alternative:nope"), ["unknown task 'nope'"]),
+        (lambda wf: wf.task("a", "app.x", on_failure="alternative:a"), ["the task itself"]),
+        (lambda wf: wf.task("a", "app.x", on_failure="alternative:"), ["is not one of"]),
+    ],
+)
+def test_an_alternative_must_name_another_task(build: Any, fragments: list[str]) -> None:
+    wf = Workflow("w")
+    build(wf)
+    assert contains(problems_of(wf), "'a'", *fragments)
+
+
+def test_an_alternative_stands_in_for_one_task_only() -> None:
+    wf = Workflow("w")
+    wf.task("a", "app.x", on_failure="alternative:z")
+    wf.task("b", "app.x", on_failure="alternative:z")
+    wf.task("z", "app.x")
+    assert contains(problems_of(wf), "'b'", "already the alternative of 'a'")
+
+
+def test_alternatives_do_not_chain() -> None:
+    wf = Workflow("w")
+    wf.task("a", "app.x", on_failure="alternative:b")
+    wf.task("b", "app.x", on_failure="alternative:c")
+    wf.task("c", "app.x")
+    assert contains(problems_of(wf), "'a'", "'b' has an alternative of its own")
+
+
+def test_an_alternative_that_depends_on_its_task_is_refused() -> None:
+    wf = Workflow("w")
+    wf.task("a", "app.x", on_failure="alternative:b")
+    wf.task("b", "app.x", params={"v": "${a.result}"})
+    assert contains(problems_of(wf), "'b' depends on 'a'", "never run in its place")
+
+
+def test_nothing_may_depend_on_an_alternative_directly() -> None:
+    wf = Workflow("w")
+    wf.task("a", "app.x", on_failure="alternative:b")
+    wf.task("b", "app.x")
+    wf.task("c", "app.x", params={"v": "${b.result}"})
+    assert contains(problems_of(wf), "['c'] depend on the alternative 'b'", "depend on 'a'")
+
+
+def test_alternatives_that_close_a_cycle_are_named_as_a_path() -> None:
+    # ca reads a's result, which is b's when b stands in, and y needs ca; cx likewise
+    # reads y's through x, and b needs cx: if a and x both fail, nothing could run
+    wf = Workflow("w")
+    wf.task("a", "app.x", on_failure="alternative:b")
+    wf.task("x", "app.x", on_failure="alternative:y")
+    wf.task("ca", "app.x", params={"v": "${a.result}"})
+    wf.task("cx", "app.x", params={"v": "${x.result}"})
+    wf.task("b", "app.x", depends_on=["cx"])
+    wf.task("y", "app.x", depends_on=["ca"])
+    assert contains(problems_of(wf), "cycle through an alternative: b -> ca -> y -> cx -> b")
+
+
+def test_a_compensation_receives_the_result_so_no_param_may_take_its_name() -> None:
+    wf = Workflow("w")
+    wf.task("pay", "app.pay", params={"result": 1}, compensate="app.refund")
+    assert contains(problems_of(wf), "'pay'", "param 'result'", "compensation")
+
+
+def test_an_unregistered_compensation_is_reported_with_the_registry() -> None:
+    wf = Workflow("w")
+    wf.task("pay", "app.pay", compensate="app.refund")
+    assert DependencyResolver(wf).problems(registered=["app.pay", "app.refund"]) == []
+    assert contains(
+        problems_of(wf, registered=["app.pay"]), "'pay'", "'app.refund'", "not a registered"
+    )
 
 
 # -- inputs and registered names -------------------------------------------------------
