@@ -18,7 +18,7 @@ from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState, TaskState
 from gleitzeit.store import RunPlan, RunRecord, Store, TaskRecord
 from gleitzeit.store.records import EventRecord, PlannedTask
-from gleitzeit.workflow import Workflow, hash_json
+from gleitzeit.workflow import TaskSpec, Workflow, hash_json
 
 
 def plan_run(
@@ -36,22 +36,7 @@ def plan_run(
     except (TypeError, ValueError) as exc:
         raise ParamsError(f"inputs of workflow {workflow.name!r} are not JSON: {exc}") from exc
     graph = workflow.to_dict()
-    planned = [
-        PlannedTask(
-            task_id=spec.id,
-            name=spec.name,
-            params=codec.dumps(spec.params),
-            sources=resolver.result_sources(spec.id),
-            children=resolver.children(spec.id),
-            waiting_on=resolver.graph.in_degree(spec.id),
-            options={
-                key: value
-                for key, value in spec.to_dict().items()
-                if key not in ("id", "task", "params", "depends_on")
-            },
-        )
-        for spec in workflow.specs
-    ]
+    planned = [_planned_task(resolver, spec) for spec in workflow.specs]
     return RunPlan(
         run_id=str(uuid.uuid4()),
         name=workflow.name,
@@ -61,6 +46,32 @@ def plan_run(
         inputs=inputs_json,
         inputs_hash=hash_json(dict(inputs)),
         tasks=planned,
+    )
+
+
+def _planned_task(resolver: DependencyResolver, spec: TaskSpec) -> PlannedTask:
+    options = {
+        key: value
+        for key, value in spec.to_dict().items()
+        if key not in ("id", "task", "params", "depends_on")
+    }
+    children = resolver.children(spec.id)
+    waiting_on = resolver.graph.in_degree(spec.id)
+    primary = resolver.stands_in_for.get(spec.id)
+    if primary is not None:
+        # it waits for its own parents and for the failure of the task it stands in for,
+        # and its result goes to that task's dependents
+        options["stands_in_for"] = primary
+        children = resolver.children(primary)
+        waiting_on += 1
+    return PlannedTask(
+        task_id=spec.id,
+        name=spec.name,
+        params=codec.dumps(spec.params),
+        sources=resolver.result_sources(spec.id),
+        children=children,
+        waiting_on=waiting_on,
+        options=options,
     )
 
 

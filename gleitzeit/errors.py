@@ -91,6 +91,14 @@ class StorageFailure(GleitzeitError):
         self.transient = transient
 
 
+class RunControlError(GleitzeitError, ValueError):
+    """A retry, cancel, pause or resume that the run's state does not allow; nothing changed."""
+
+
+class GraphChanged(RunControlError):
+    """A retry against a workflow definition that differs from the run's; pass ``force``."""
+
+
 class DispatchFailure(GleitzeitError):
     """A task message could not be published to the broker; the cause is kept."""
 

@@ -59,10 +59,12 @@ def _retry_in(exc: BaseException, started: StartedAttempt) -> float | None:
     options = started.options
     retries = int(options.get("retries", 0))
     retry_on = options.get("retry_on", [])
-    if not policy.should_retry(exc, attempt=started.attempt, retries=retries, retry_on=retry_on):
+    # attempts numbers also count re-dispatches (a lost message, a resume); failures don't
+    failure = started.failures + 1
+    if not policy.should_retry(exc, attempt=failure, retries=retries, retry_on=retry_on):
         return None
     backoff = Backoff.coerce(options.get("backoff"))
-    return policy.compute_backoff(started.attempt, backoff)
+    return policy.compute_backoff(failure, backoff)
 
 
 def process_gone(pid: int) -> bool:
@@ -196,7 +198,7 @@ class Executor:
     def _run(self, started: StartedAttempt) -> str | Failure:
         """The stored JSON result of the attempt, or why it failed."""
         try:
-            lookup = refs.lookup_in(started.inputs, started.results)
+            lookup = refs.lookup_in(started.inputs, started.results, skipped=started.skipped)
             params = refs.resolve(started.params, lookup)
         except ReferenceResolutionError as exc:
             return Failure(_error_info(exc, with_traceback=False), None)

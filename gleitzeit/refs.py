@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -197,8 +197,14 @@ def resolve(value: Any, lookup: Callable[[Reference], Any]) -> Any:
     return value
 
 
-def lookup_in(inputs: dict[str, Any], results: dict[str, Any]) -> Callable[[Reference], Any]:
-    """A ``lookup`` for :func:`resolve` over a run's inputs and stored task results."""
+def lookup_in(
+    inputs: dict[str, Any], results: dict[str, Any], *, skipped: Iterable[str] = ()
+) -> Callable[[Reference], Any]:
+    """A ``lookup`` for :func:`resolve` over a run's inputs and stored task results.
+
+    A reference to a ``skipped`` task yields ``None``, whatever its path.
+    """
+    read_as_none = frozenset(skipped)
 
     def lookup(ref: Reference) -> Any:
         if ref.is_input:
@@ -207,6 +213,8 @@ def lookup_in(inputs: dict[str, Any], results: dict[str, Any]) -> Callable[[Refe
                     f"reference {ref.text}: the run has no input {ref.input_name!r}"
                 )
             return follow(inputs, ref)
+        if ref.source in read_as_none:
+            return None
         if ref.source not in results:
             raise ReferenceResolutionError(
                 f"reference {ref.text}: task {ref.source!r} has no stored result"

@@ -19,6 +19,7 @@ import networkx as nx
 
 from gleitzeit.errors import WorkflowValidationError
 from gleitzeit.refs import INPUTS, Reference, find_references
+from gleitzeit.strategies import COMPENSATION_RESULT
 from gleitzeit.workflow import (
     ALTERNATIVE_PREFIX,
     ON_FAILURE_BLOCK,
@@ -30,8 +31,6 @@ from gleitzeit.workflow import (
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9_-]+$")
 ON_FAILURE_CHOICES = (ON_FAILURE_BLOCK, ON_FAILURE_SKIP, f"{ALTERNATIVE_PREFIX}<task id>")
-#: the parameter by which a compensation receives the result of the task it undoes
-COMPENSATION_RESULT = "result"
 
 
 class DependencyResolver:
@@ -83,6 +82,9 @@ class DependencyResolver:
             self._problems.append(
                 f"{where}: on_failure {spec.on_failure!r} is not one of {list(ON_FAILURE_CHOICES)}"
             )
+        self._check_compensate(spec, where)
+
+    def _check_compensate(self, spec: TaskSpec, where: str) -> None:
         if spec.compensate is not None:
             if not spec.compensate:
                 self._problems.append(f"{where}: compensate names no Celery task")

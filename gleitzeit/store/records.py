@@ -88,6 +88,10 @@ class StartedAttempt:
     options: dict[str, Any]
     inputs: dict[str, Any]
     results: dict[str, Any]
+    #: earlier attempts that failed by the task's own error (these count against retries)
+    failures: int = 0
+    #: sources that were skipped: references to them yield ``None``, whatever their path
+    skipped: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)

@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, TypeVar
+from typing import Any, NamedTuple, TypeVar
 
 from sqlalchemy import Connection, Engine, bindparam, exists, func, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from gleitzeit import codec
+from gleitzeit import codec, strategies
 from gleitzeit.errors import IdempotencyConflict, StorageFailure
 from gleitzeit.policy import Backoff, compute_backoff
 from gleitzeit.settings import Settings
@@ -52,6 +52,7 @@ from gleitzeit.store.records import (
     message_id,
 )
 from gleitzeit.store.tables import attempts, db_now, dispatches, events, runs, tasks
+from gleitzeit.workflow import ON_FAILURE_BLOCK, ON_FAILURE_SKIP, alternative_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -68,6 +69,30 @@ def _is_transient(exc: BaseException) -> bool:
 
 def _ids(values: Iterable[str]) -> list[str]:
     return sorted(set(values))
+
+
+class _RunCount(NamedTuple):
+    """A run's state and counters, read as its row was updated (and locked)."""
+
+    state: RunState
+    unfinished: int
+    failed: int
+    retries: int
+
+
+def _task_view(row: Any) -> strategies.TaskView:
+    options = codec.loads(row.options)
+    return strategies.TaskView(
+        task_id=row.task_id,
+        state=TaskState(row.state),
+        children=tuple(codec.loads(row.children)) if hasattr(row, "children") else (),
+        on_failure=options.get("on_failure", ON_FAILURE_BLOCK),
+        compensate=options.get("compensate"),
+        stands_in_for=options.get("stands_in_for"),
+        compensates=options.get("compensates"),
+        has_error=getattr(row, "error_type", None) is not None,
+        finished_at=getattr(row, "finished_at", None),
+    )
 
 
 class Store:
@@ -341,7 +366,9 @@ class Store:
                 lease_until=db_now() + self.lease_seconds,
                 deliveries=tasks.c.deliveries + 1,
             )
-            .returning(tasks.c.name, tasks.c.params, tasks.c.sources, tasks.c.options)
+            .returning(
+                tasks.c.name, tasks.c.params, tasks.c.sources, tasks.c.options, tasks.c.failures
+            )
         ).one_or_none()
         if row is None:
             # a duplicate delivery or a superseded attempt: seen, kept in history, not run
@@ -377,12 +404,16 @@ class Store:
         )
         sources = codec.loads(row.sources)
         results = {}
+        skipped = set()
         if sources:
             for found in conn.execute(
                 select(tasks.c.task_id, tasks.c.result).where(
                     tasks.c.run_id == run_id, tasks.c.task_id.in_(sources)
                 )
             ):
+                if found.result is None:
+                    # skipped with no alternative's result to stand in: it reads as None
+                    skipped.add(found.task_id)
                 results[found.task_id] = codec.loads(found.result)
         inputs = conn.execute(select(runs.c.inputs).where(runs.c.id == run_id)).scalar_one()
         return StartedAttempt(
@@ -394,6 +425,8 @@ class Store:
             options=codec.loads(row.options),
             inputs=codec.loads(inputs),
             results=results,
+            failures=row.failures,
+            skipped=frozenset(skipped),
         )
 
     def _end_attempt(
@@ -448,7 +481,7 @@ class Store:
         row = conn.execute(
             self._finish(run_id, task_id, attempt, TaskState.SUCCEEDED)
             .values(result=result, error_type=None, error_message=None)
-            .returning(tasks.c.children)
+            .returning(tasks.c.children, tasks.c.options)
         ).one_or_none()
         if row is None:
             return self._fenced_off(conn, run_id, task_id, attempt, "succeeded")
@@ -456,23 +489,66 @@ class Store:
         self._event(
             conn, run_id, f"{task_id}:{attempt}:succeeded", "task_succeeded", task_id, attempt
         )
-        children = codec.loads(row.children)
-        claimed: list[Dispatch] = []
-        if children:
-            released = conn.execute(
+        options = codec.loads(row.options)
+        unneeded = self._skip_alternative(conn, run_id, task_id, attempt, options)
+        primary = options.get("stands_in_for")
+        if primary:
+            # dependents read the result through the id of the task stood in for
+            conn.execute(
                 update(tasks)
-                .where(tasks.c.run_id == run_id, tasks.c.task_id.in_(children))
-                .values(waiting_on=tasks.c.waiting_on - 1)
-                .returning(tasks.c.task_id, tasks.c.waiting_on)
-            ).all()
-            # only the decrement that reached zero may claim; a join's other parents skip it
-            ready = [row.task_id for row in released if row.waiting_on == 0]
-            claimed = self._claim(conn, run_id, ready)
-        self._tasks_finished(conn, run_id, finished=1, failed=0)
-        return Recorded(True, claimed)
+                .where(tasks.c.run_id == run_id, tasks.c.task_id == primary)
+                .values(result=result)
+            )
+        count = self._count_finished(conn, run_id, finished=1 + unneeded, failed=0)
+        claimed = self._release(conn, run_id, codec.loads(row.children), count.state)
+        return Recorded(True, claimed + self._end_if_done(conn, run_id, count))
 
     def _finish(self, run_id: str, task_id: str, attempt: int, state: TaskState) -> Any:
         return _move(run_id, task_id, attempt, state).values(finished_at=db_now())
+
+    def _skip_alternative(
+        self, conn: Connection, run_id: str, task_id: str, attempt: int, options: dict[str, Any]
+    ) -> int:
+        """Skip the alternative of a task that succeeded: it is not needed."""
+        alternative = alternative_of(options.get("on_failure", ON_FAILURE_BLOCK))
+        if not alternative:
+            return 0
+        skipped = conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.run_id == run_id,
+                tasks.c.task_id == alternative,
+                tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.SKIPPED)),
+            )
+            .values(state=TaskState.SKIPPED.value, finished_at=db_now(), updated_at=db_now())
+        ).rowcount
+        if skipped:
+            self._event(
+                conn,
+                run_id,
+                f"{alternative}:unneeded:{task_id}:{attempt}",
+                "task_skipped",
+                alternative,
+                data={"by": f"{task_id} succeeded: its alternative is not needed"},
+            )
+        return int(skipped)
+
+    def _release(
+        self, conn: Connection, run_id: str, children: list[str], state: RunState
+    ) -> list[Dispatch]:
+        """One parent of each child is done; claim those with none left while the run runs."""
+        if not children:
+            return []
+        released = conn.execute(
+            update(tasks)
+            .where(tasks.c.run_id == run_id, tasks.c.task_id.in_(children))
+            .values(waiting_on=tasks.c.waiting_on - 1)
+            .returning(tasks.c.task_id, tasks.c.waiting_on)
+        ).all()
+        if state is not RunState.RUNNING:
+            return []  # paused: resume claims what is ready
+        # only the decrement that reached zero may claim; a join's other parents skip it
+        return self._claim(conn, run_id, [row.task_id for row in released if row.waiting_on == 0])
 
     def record_failure(
         self,
@@ -500,6 +576,8 @@ class Store:
         attempt: int,
         error: ErrorInfo,
         retry_in: float,
+        *,
+        by_task: bool = True,
     ) -> Recorded:
         row = conn.execute(
             _move(run_id, task_id, attempt, TaskState.RETRYING)
@@ -508,6 +586,7 @@ class Store:
                 error_type=error.type,
                 error_message=error.message,
                 lease_until=None,
+                failures=tasks.c.failures + int(by_task),
                 updated_at=db_now(),
             )
             .returning(tasks.c.options)
@@ -515,24 +594,94 @@ class Store:
         if row is None:
             return self._fenced_off(conn, run_id, task_id, attempt, "failed")
         self._attempt_failed(conn, run_id, task_id, attempt, error, "retrying", retry_in=retry_in)
+        if self._lock_run(conn, run_id) is not RunState.RUNNING:
+            return Recorded(True, [])  # paused: resume dispatches the retry
         retry = self._dispatch(run_id, task_id, attempt + 1, row.options, countdown=retry_in)
         self._write_dispatches(conn, [retry])
         return Recorded(True, [retry])
 
     def _record_failed(
-        self, conn: Connection, run_id: str, task_id: str, attempt: int, error: ErrorInfo
+        self,
+        conn: Connection,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        error: ErrorInfo,
+        *,
+        by_task: bool = True,
     ) -> Recorded:
         row = conn.execute(
             self._finish(run_id, task_id, attempt, TaskState.FAILED)
-            .values(error_type=error.type, error_message=error.message, lease_until=None)
-            .returning(tasks.c.children)
+            .values(
+                error_type=error.type,
+                error_message=error.message,
+                lease_until=None,
+                failures=tasks.c.failures + int(by_task),
+            )
+            .returning(tasks.c.children, tasks.c.options)
         ).one_or_none()
         if row is None:
             return self._fenced_off(conn, run_id, task_id, attempt, "failed")
+        children = codec.loads(row.children)
+        options = codec.loads(row.options)
+        on_failure = options.get("on_failure", ON_FAILURE_BLOCK)
+        alternative = alternative_of(on_failure)
+        if options.get("compensates"):
+            # a failed compensation is recorded; the next one runs all the same
+            self._attempt_failed(conn, run_id, task_id, attempt, error, "failed")
+            return self._go_on(conn, run_id, children, failed=1)
+        if on_failure == ON_FAILURE_SKIP:
+            self._skip_failed(conn, run_id, task_id)
+            by = "on_failure=skip: its dependents run and read None"
+            self._attempt_failed(conn, run_id, task_id, attempt, error, "skipped", by=by)
+            return self._go_on(conn, run_id, children, failed=0)
+        waits = self._wake_alternative(conn, run_id, alternative) if alternative else None
+        if waits is not None:
+            self._skip_failed(conn, run_id, task_id)
+            by = f"on_failure=alternative: {alternative} runs in its place"
+            self._attempt_failed(conn, run_id, task_id, attempt, error, "replaced", by=by)
+            count = self._count_finished(conn, run_id, finished=1, failed=0)
+            if waits or count.state is not RunState.RUNNING:
+                return Recorded(True, [])
+            return Recorded(True, self._claim(conn, run_id, [str(alternative)]))
         self._attempt_failed(conn, run_id, task_id, attempt, error, "failed")
-        blocked = self._block_descendants(conn, run_id, task_id, codec.loads(row.children))
-        self._tasks_finished(conn, run_id, finished=1 + blocked, failed=1)
-        return Recorded(True, [])
+        blocked = self._block_descendants(conn, run_id, task_id, attempt, children)
+        count = self._count_finished(conn, run_id, finished=1 + blocked, failed=1)
+        return Recorded(True, self._end_if_done(conn, run_id, count))
+
+    def _go_on(
+        self, conn: Connection, run_id: str, children: list[str], *, failed: int
+    ) -> Recorded:
+        """A task is final and its dependents run all the same."""
+        count = self._count_finished(conn, run_id, finished=1, failed=failed)
+        claimed = self._release(conn, run_id, children, count.state)
+        return Recorded(True, claimed + self._end_if_done(conn, run_id, count))
+
+    def _skip_failed(self, conn: Connection, run_id: str, task_id: str) -> None:
+        """A failed task whose ``on_failure`` lets the run go on: skipped, its error kept."""
+        conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.run_id == run_id,
+                tasks.c.task_id == task_id,
+                tasks.c.state.in_(task_moves(TaskState.FAILED, to=TaskState.SKIPPED)),
+            )
+            .values(state=TaskState.SKIPPED.value, updated_at=db_now())
+        )
+
+    def _wake_alternative(self, conn: Connection, run_id: str, alternative: str) -> int | None:
+        """Count the failure the alternative waits for; return what it still waits for,
+        or ``None`` when it can no longer run (blocked or cancelled by then)."""
+        return conn.execute(
+            update(tasks)
+            .where(
+                tasks.c.run_id == run_id,
+                tasks.c.task_id == alternative,
+                tasks.c.state == TaskState.PENDING.value,
+            )
+            .values(waiting_on=tasks.c.waiting_on - 1)
+            .returning(tasks.c.waiting_on)
+        ).scalar_one_or_none()
 
     def _attempt_failed(
         self,
@@ -557,7 +706,7 @@ class Store:
         )
 
     def _block_descendants(
-        self, conn: Connection, run_id: str, failed: str, children: list[str]
+        self, conn: Connection, run_id: str, failed: str, attempt: int, children: list[str]
     ) -> int:
         """Block every pending task downstream of ``failed``; return how many."""
         count = 0
@@ -568,10 +717,10 @@ class Store:
                 .where(
                     tasks.c.run_id == run_id,
                     tasks.c.task_id.in_(frontier),
-                    tasks.c.state.in_(task_sources(TaskState.BLOCKED)),
+                    tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.BLOCKED)),
                 )
                 .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
-                .returning(tasks.c.task_id, tasks.c.children)
+                .returning(tasks.c.task_id, tasks.c.children, tasks.c.options)
             ).all()
             count += len(rows)
             self._events(
@@ -579,11 +728,11 @@ class Store:
                 [
                     {
                         "run_id": run_id,
-                        "key": f"{row.task_id}:blocked",
+                        "key": f"{row.task_id}:blocked-by:{failed}:{attempt}",
                         "type": "task_blocked",
                         "task_id": row.task_id,
                         "attempt": None,
-                        "data": codec.dumps({"upstream": failed}),
+                        "data": codec.dumps({"by": f"{failed} failed", "upstream": failed}),
                     }
                     for row in rows
                 ],
@@ -591,8 +740,20 @@ class Store:
             frontier = _ids(child for row in rows for child in codec.loads(row.children))
         return count
 
-    def _tasks_finished(self, conn: Connection, run_id: str, *, finished: int, failed: int) -> None:
-        """Count tasks that reached a final state; end the run when none is left."""
+    def _lock_run(self, conn: Connection, run_id: str) -> RunState | None:
+        """The run's state, its row locked to the end of the transaction (PostgreSQL; a
+        SQLite write transaction holds the whole database), so that a pause, cancel or retry
+        is wholly before or wholly after this transaction."""
+        state = conn.execute(
+            select(runs.c.state).where(runs.c.id == run_id).with_for_update()
+        ).scalar_one_or_none()
+        return None if state is None else RunState(state)
+
+    def _count_finished(
+        self, conn: Connection, run_id: str, *, finished: int, failed: int
+    ) -> _RunCount:
+        """Count tasks that reached a final state. The update locks the run's row, so a
+        pause or cancel is wholly before or after the claims this transaction makes next."""
         row = conn.execute(
             update(runs)
             .where(runs.c.id == run_id)
@@ -601,18 +762,92 @@ class Store:
                 tasks_failed=runs.c.tasks_failed + failed,
                 updated_at=db_now(),
             )
-            .returning(runs.c.tasks_unfinished, runs.c.tasks_failed)
+            .returning(runs.c.state, runs.c.tasks_unfinished, runs.c.tasks_failed, runs.c.retries)
         ).one()
-        if row.tasks_unfinished > 0:
-            return
-        final = RunState.FAILED if row.tasks_failed else RunState.SUCCEEDED
+        return _RunCount(RunState(row.state), row.tasks_unfinished, row.tasks_failed, row.retries)
+
+    def _end_if_done(self, conn: Connection, run_id: str, count: _RunCount) -> list[Dispatch]:
+        """End the run when no task is left; a failed one first runs its compensations."""
+        if count.unfinished > 0:
+            return []
+        if count.failed:
+            compensating = self._compensate(conn, run_id, count)
+            if compensating is not None:
+                return compensating
+        final = RunState.FAILED if count.failed else RunState.SUCCEEDED
+        self._end_run(conn, run_id, final, count.retries)
+        return []
+
+    def _end_run(self, conn: Connection, run_id: str, final: RunState, retries: int) -> bool:
         ended = conn.execute(
             update(runs)
             .where(runs.c.id == run_id, runs.c.state.in_(run_sources(final)))
             .values(state=final.value, finished_at=db_now())
         ).rowcount
         if ended:
-            self._event(conn, run_id, f"run:{final.value}", f"run_{final.value}")
+            self._event(conn, run_id, f"run:{retries}:{final.value}", f"run_{final.value}")
+        return bool(ended)
+
+    def _compensate(self, conn: Connection, run_id: str, count: _RunCount) -> list[Dispatch] | None:
+        """Start the saga's compensations, or ``None`` when there is nothing to undo.
+
+        Each compensation is a task of the run that waits for the one before it, and
+        runs whether that one succeeded or failed.
+        """
+        rows = conn.execute(
+            select(
+                tasks.c.task_id,
+                tasks.c.state,
+                tasks.c.params,
+                tasks.c.sources,
+                tasks.c.options,
+                tasks.c.finished_at,
+            ).where(tasks.c.run_id == run_id)
+        ).all()
+        by_id = {row.task_id: row for row in rows}
+        order = strategies.compensation_order(_task_view(row) for row in rows)
+        if not order:
+            return None
+        planned = []
+        for i, task_id in enumerate(order):
+            row = by_id[task_id]
+            following = order[i + 1 : i + 2]
+            result = f"${{{task_id}.result}}"
+            params = {**codec.loads(row.params), strategies.COMPENSATION_RESULT: result}
+            planned.append(
+                {
+                    "run_id": run_id,
+                    "task_id": strategies.compensation_id(task_id),
+                    "name": codec.loads(row.options)["compensate"],
+                    "state": TaskState.PENDING.value,
+                    "attempt": 0,
+                    "waiting_on": 1 if i else 0,
+                    "params": codec.dumps(params),
+                    "sources": codec.dumps(sorted({*codec.loads(row.sources), task_id})),
+                    "children": codec.dumps([strategies.compensation_id(t) for t in following]),
+                    "options": codec.dumps({"compensates": task_id}),
+                    "deliveries": 0,
+                }
+            )
+        conn.execute(insert(tasks).values(updated_at=db_now()), planned)
+        conn.execute(
+            update(runs)
+            .where(runs.c.id == run_id)
+            .values(
+                tasks_total=runs.c.tasks_total + len(planned),
+                tasks_unfinished=runs.c.tasks_unfinished + len(planned),
+            )
+        )
+        self._event(
+            conn,
+            run_id,
+            f"run:{count.retries}:compensating",
+            "run_compensating",
+            data={"by": "the run failed", "order": order},
+        )
+        if count.state is not RunState.RUNNING:
+            return []
+        return self._claim(conn, run_id, [strategies.compensation_id(order[0])])
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -690,9 +925,9 @@ class Store:
                 f"gave up after the worker running this task was lost {row.lost} times "
                 f"(killed, out of memory, or stopped without finishing); last: {reason}",
             )
-            return self._record_failed(conn, run_id, task_id, attempt, error)
+            return self._record_failed(conn, run_id, task_id, attempt, error, by_task=False)
         error = ErrorInfo("gleitzeit.WorkerLost", f"{reason} (lost {row.lost} of {max_lost})")
-        return self._record_retry(conn, run_id, task_id, attempt, error, 0.0)
+        return self._record_retry(conn, run_id, task_id, attempt, error, 0.0, by_task=False)
 
     def find_stuck(
         self,
@@ -726,8 +961,13 @@ class Store:
 
         def work(conn: Connection) -> Repair:
             repair = Repair()
+            if self._lock_run(conn, stuck.run_id) is not RunState.RUNNING:
+                return repair  # paused, cancelled or ended since it was found
             if stuck.finished:
-                self._count(repair, "finished", self._finalize(conn, stuck.run_id))
+                compensations = self._finalize(conn, stuck.run_id)
+                if compensations is not None:
+                    repair.dispatches.extend(compensations)
+                    self._count(repair, "finished", 1)
             elif stuck.stalled:
                 reason = f"stalled: no task started or finished for {stall_timeout:g} s"
                 ended = self._fail_run(
@@ -835,39 +1075,38 @@ class Store:
             found.append(self._dispatch(stuck.run_id, task_id, attempt, options, countdown))
         return found
 
-    def _finalize(self, conn: Connection, run_id: str) -> bool:
-        """End a run whose tasks are all final, by what its tasks say."""
+    def _finalize(self, conn: Connection, run_id: str) -> list[Dispatch] | None:
+        """End a run whose tasks are all final, by what its tasks say.
+
+        Returns the compensations to publish when it failed and has some to run, else
+        ``None`` when the run was not ended by this call.
+        """
         failed = conn.execute(
             select(func.count()).where(
                 tasks.c.run_id == run_id, tasks.c.state == TaskState.FAILED.value
             )
         ).scalar_one()
-        final = RunState.FAILED if failed else RunState.SUCCEEDED
         unfinished = exists().where(
             tasks.c.run_id == run_id,
             tasks.c.state.not_in([state.value for state in FINAL_TASK_STATES]),
         )
-        ended = conn.execute(
+        row = conn.execute(
             update(runs)
-            .where(runs.c.id == run_id, runs.c.state.in_(run_sources(final)), ~unfinished)
-            .values(
-                state=final.value,
-                tasks_unfinished=0,
-                tasks_failed=failed,
-                finished_at=db_now(),
-                updated_at=db_now(),
-            )
-        ).rowcount
-        if ended:
-            self._event(conn, run_id, f"run:{final.value}", f"run_{final.value}")
-        return bool(ended)
+            .where(runs.c.id == run_id, runs.c.state == RunState.RUNNING.value, ~unfinished)
+            .values(tasks_unfinished=0, tasks_failed=failed, updated_at=db_now())
+            .returning(runs.c.state, runs.c.retries)
+        ).one_or_none()
+        if row is None:
+            return None
+        count = _RunCount(RunState(row.state), 0, failed, row.retries)
+        return self._end_if_done(conn, run_id, count)
 
     def _fail_run(self, conn: Connection, run_id: str, reason: str, condition: Any = None) -> bool:
         """End a run ``failed`` for ``reason``: what has not finished will not run."""
         where = [runs.c.id == run_id, runs.c.state.in_(run_sources(RunState.FAILED))]
         if condition is not None:
             where.append(condition)
-        ended = conn.execute(
+        retries = conn.execute(
             update(runs)
             .where(*where)
             .values(
@@ -877,8 +1116,9 @@ class Store:
                 finished_at=db_now(),
                 updated_at=db_now(),
             )
-        ).rowcount
-        if not ended:
+            .returning(runs.c.retries)
+        ).scalar_one_or_none()
+        if retries is None:
             return False
         started = (TaskState.QUEUED, TaskState.RETRYING, TaskState.RUNNING)
         conn.execute(
@@ -904,7 +1144,7 @@ class Store:
             )
             .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
         )
-        self._event(conn, run_id, "run:failed", "run_failed", data={"reason": reason})
+        self._event(conn, run_id, f"run:{retries}:failed", "run_failed", data={"reason": reason})
         return True
 
     def set_aside(self, run_id: str, error: str, *, max_failures: int, backoff: Backoff) -> bool:
@@ -915,14 +1155,15 @@ class Store:
         """
 
         def work(conn: Connection) -> bool:
-            failures = conn.execute(
+            found = conn.execute(
                 update(runs)
                 .where(runs.c.id == run_id, runs.c.state == RunState.RUNNING.value)
                 .values(reconcile_failures=runs.c.reconcile_failures + 1, error=error)
-                .returning(runs.c.reconcile_failures)
-            ).scalar_one_or_none()
-            if failures is None:
+                .returning(runs.c.reconcile_failures, runs.c.retries)
+            ).one_or_none()
+            if found is None:
                 return False
+            failures = found.reconcile_failures
             retry_in = compute_backoff(failures, backoff)
             conn.execute(
                 update(runs).where(runs.c.id == run_id).values(reconcile_after=db_now() + retry_in)
@@ -930,7 +1171,7 @@ class Store:
             self._event(
                 conn,
                 run_id,
-                f"run:set-aside:{failures}",
+                f"run:{found.retries}:set-aside:{failures}",
                 "run_set_aside",
                 data={"error": error, "failures": failures, "retry_in": retry_in},
             )

@@ -63,6 +63,8 @@ runs = Table(
     Column("tasks_unfinished", Integer, nullable=False),
     Column("tasks_failed", Integer, nullable=False, default=0),
     Column("error", Text, nullable=True),
+    # workflow-level retries of this run so far; its run-level events carry the number
+    Column("retries", Integer, nullable=False, default=0, server_default="0"),
     # reconciliation of this run that failed in a row, and when it is tried again
     Column("reconcile_failures", Integer, nullable=False, default=0, server_default="0"),
     Column("reconcile_after", Float, nullable=True),
@@ -95,6 +97,10 @@ tasks = Table(
     Column("deliveries", Integer, nullable=False, default=0),
     # attempts whose worker vanished while running them (a poison task ends failed)
     Column("lost", Integer, nullable=False, default=0, server_default="0"),
+    # attempts that failed by the task's own error since the run (re)started it: these,
+    # not attempt numbers (a re-dispatch or resume makes a new attempt), count against
+    # its retries
+    Column("failures", Integer, nullable=False, default=0, server_default="0"),
     # a running attempt's worker is presumed gone once this passes (renewed by heartbeat)
     Column("lease_until", Float, nullable=True),
     Column("queued_at", Float, nullable=True),
