@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
+import logging
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping
@@ -9,16 +12,25 @@ from typing import Any
 
 from celery import Celery
 
-from gleitzeit import codec
+from gleitzeit import codec, strategies
 from gleitzeit.dispatch import Dispatcher
-from gleitzeit.errors import ParamsError, RunTimeout, WorkflowFailed
+from gleitzeit.errors import (
+    GraphChanged,
+    ParamsError,
+    RunControlError,
+    RunTimeout,
+    WorkflowFailed,
+)
 from gleitzeit.reconcile import Reconciled, Reconciler
 from gleitzeit.resolver import DependencyResolver
 from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState, TaskState
 from gleitzeit.store import RunPlan, RunRecord, Store, TaskRecord
+from gleitzeit.store.control import RetryRequest
 from gleitzeit.store.records import EventRecord, PlannedTask
 from gleitzeit.workflow import TaskSpec, Workflow, hash_json
+
+log = logging.getLogger(__name__)
 
 
 def plan_run(
@@ -195,3 +207,161 @@ class Client:
     ) -> list[RunRecord]:
         """The newest runs, optionally of one status or workflow name."""
         return self.store.list_runs(status=status, name=name, limit=limit)
+
+    # -- run control ---------------------------------------------------------------------
+
+    def cancel(self, run_id: str, *, terminate: bool = True, by: str | None = None) -> bool:
+        """End the run ``cancelled``: nothing that has not started will start.
+
+        Queued messages are revoked (a revoked message, or one that arrives anyway, does no
+        work); with ``terminate``, Celery is asked to stop attempts that are running
+        (``revoke(terminate=True)``: SIGTERM to the pool process running it). Their late
+        outcomes are ignored either way. Returns ``False`` if the run was cancelled already;
+        raises :class:`RunControlError` for a run that ended otherwise.
+        """
+        done = self.store.cancel_run(run_id, by=by or caller())
+        if done.revoke:
+            self._revoke(done.revoke, terminate=terminate)
+        return done.changed
+
+    def pause(self, run_id: str, *, by: str | None = None) -> bool:
+        """Dispatch nothing more and start nothing more; running tasks finish.
+
+        Returns ``False`` if the run was paused already.
+        """
+        return self.store.pause_run(run_id, by=by or caller()).changed
+
+    def resume(self, run_id: str, *, by: str | None = None) -> bool:
+        """Go on with a paused run: what became ready is dispatched, what waited gets a new
+        attempt. Returns ``False`` if the run was running already."""
+        done = self.store.resume_run(run_id, by=by or caller())
+        self.dispatcher.publish(done.dispatches)
+        return done.changed
+
+    def retry(
+        self,
+        run_id: str,
+        strategy: str = strategies.FROM_FAILURE,
+        *,
+        inputs: Mapping[str, Any] | None = None,
+        workflow: Workflow | None = None,
+        force: bool = False,
+        by: str | None = None,
+    ) -> Run:
+        """Run an ended run again, in place, as new attempts.
+
+        ``strategy``: ``"from_failure"`` keeps succeeded results and reruns the failed,
+        blocked, cancelled and skipped-by-failure tasks and what depends on them;
+        ``"from_start"`` reruns everything; ``"skip_failed"`` marks failed tasks skipped
+        (their dependents run and read ``None``) and runs what was blocked.
+        ``inputs``: new inputs; the tasks that read a changed input rerun, with their
+        dependents. ``workflow``: the definition the caller has now; if it differs from the
+        run's, the retry is refused (:class:`GraphChanged`) unless ``force``, which reruns
+        the changed tasks under the new definition (the graph's shape must be the same).
+        """
+        record = self.store.get_run(run_id)
+        if record.state not in FINAL_RUN_STATES:
+            raise RunControlError(
+                f"run {run_id} is still {record.state.value}: wait for it to end, or cancel "
+                "it, before retrying it"
+            )
+        request = _retry_request(record, strategy, inputs, workflow, force, by or caller())
+        done = self.store.retry_run(run_id, request)
+        self.dispatcher.publish(done.dispatches)
+        return Run(self, run_id)
+
+    def _revoke(self, message_ids: list[str], *, terminate: bool) -> None:
+        try:
+            self.app.control.revoke(message_ids, terminate=terminate, signal="SIGTERM")
+        except Exception as exc:  # the store has the run cancelled: a lost revoke is harmless
+            log.warning("could not revoke %d messages: %s", len(message_ids), exc)
+
+
+def caller() -> str:
+    """Who is acting, for the run's history: ``user@host``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = "unknown"
+    return f"{user}@{socket.gethostname()}"
+
+
+def _retry_request(
+    record: RunRecord,
+    strategy: str,
+    inputs: Mapping[str, Any] | None,
+    workflow: Workflow | None,
+    force: bool,
+    by: str,
+) -> RetryRequest:
+    stored = Workflow.from_dict(record.graph, source=f"run {record.id}")
+    current = stored
+    updates: list[PlannedTask] = []
+    changed: set[str] = set()
+    if workflow is not None and workflow.graph_hash() != record.graph_hash:
+        changed, updates = _changed_definition(record, stored, workflow, force)
+        current = workflow
+    resolver = DependencyResolver(current)
+    new_inputs = record.inputs if inputs is None else dict(inputs)
+    resolver.validate(inputs=new_inputs)
+    moved = {
+        name
+        for name in set(record.inputs) | set(new_inputs)
+        if name not in record.inputs
+        or name not in new_inputs
+        or record.inputs[name] != new_inputs[name]
+    }
+    changed |= {
+        task_id
+        for task_id, found in resolver.references.items()
+        if any(ref.is_input and ref.input_name in moved for ref in found)
+    }
+    try:
+        inputs_json = None if inputs is None else codec.dumps(new_inputs)
+    except (TypeError, ValueError) as exc:
+        raise ParamsError(f"new inputs of run {record.id} are not JSON: {exc}") from exc
+    forced = current is not stored
+    return RetryRequest(
+        strategy=strategy,
+        by=by,
+        changed=frozenset(changed),
+        inputs=inputs_json,
+        expect_graph_hash=record.graph_hash,
+        graph=codec.dumps(current.to_dict()) if forced else None,
+        graph_hash=current.graph_hash() if forced else None,
+        updates=updates,
+    )
+
+
+def _changed_definition(
+    record: RunRecord, stored: Workflow, workflow: Workflow, force: bool
+) -> tuple[set[str], list[PlannedTask]]:
+    """The tasks whose definition changed, and their new rows; refused unless ``force``."""
+    old = {spec.id: spec for spec in stored.specs}
+    new = {spec.id: spec for spec in workflow.specs}
+    changed = sorted(tid for tid in old.keys() & new.keys() if old[tid] != new[tid])
+    added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
+    if not force:
+        what = [f"tasks changed: {changed}"] if changed else []
+        what += [f"added: {added}"] if added else []
+        what += [f"removed: {removed}"] if removed else []
+        raise GraphChanged(
+            f"run {record.id} was submitted with another definition of {record.name!r} "
+            f"({'; '.join(what) or 'workflow renamed'}); retry with force=True (--force) to "
+            "rerun the changed tasks under the new definition, or submit it as a new run"
+        )
+    workflow.validate()
+    before, after = DependencyResolver(stored), DependencyResolver(workflow)
+    reshaped = sorted(
+        tid
+        for tid in old.keys() & new.keys()
+        if set(before.parents(tid)) != set(after.parents(tid))
+        or before.stands_in_for.get(tid) != after.stands_in_for.get(tid)
+    )
+    if added or removed or reshaped or stored.name != workflow.name:
+        raise RunControlError(
+            f"a forced retry may change tasks' params and options, not the graph's shape "
+            f"(added: {added}, removed: {removed}, dependencies changed: {reshaped}); "
+            "submit the new definition as a new run"
+        )
+    return set(changed), [_planned_task(after, new[tid]) for tid in changed]

@@ -32,7 +32,7 @@ from gleitzeit.states import (
     task_moves,
     task_sources,
 )
-from gleitzeit.store import reads, sweep
+from gleitzeit.store import control, reads, sweep
 from gleitzeit.store.engine import engine_for
 from gleitzeit.store.migrate import ensure_schema
 from gleitzeit.store.records import (
@@ -78,21 +78,6 @@ class _RunCount(NamedTuple):
     unfinished: int
     failed: int
     retries: int
-
-
-def _task_view(row: Any) -> strategies.TaskView:
-    options = codec.loads(row.options)
-    return strategies.TaskView(
-        task_id=row.task_id,
-        state=TaskState(row.state),
-        children=tuple(codec.loads(row.children)) if hasattr(row, "children") else (),
-        on_failure=options.get("on_failure", ON_FAILURE_BLOCK),
-        compensate=options.get("compensate"),
-        stands_in_for=options.get("stands_in_for"),
-        compensates=options.get("compensates"),
-        has_error=getattr(row, "error_type", None) is not None,
-        finished_at=getattr(row, "finished_at", None),
-    )
 
 
 class Store:
@@ -805,7 +790,7 @@ class Store:
             ).where(tasks.c.run_id == run_id)
         ).all()
         by_id = {row.task_id: row for row in rows}
-        order = strategies.compensation_order(_task_view(row) for row in rows)
+        order = strategies.compensation_order(control.task_view(row) for row in rows)
         if not order:
             return None
         planned = []
@@ -1007,7 +992,14 @@ class Store:
             repair.applied[kind] = repair.applied.get(kind, 0) + int(n)
 
     def _redispatch(
-        self, conn: Connection, run_id: str, task_id: str, attempt: int
+        self,
+        conn: Connection,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        *,
+        why: str = "unstarted",
+        reason: str = "its message was not started within the dispatch timeout",
     ) -> list[Dispatch]:
         """A new attempt for one whose message was published and never started."""
         row = conn.execute(
@@ -1033,11 +1025,11 @@ class Store:
         self._event(
             conn,
             run_id,
-            f"{task_id}:{attempt}:unstarted",
+            f"{task_id}:{attempt}:{why}",
             "task_redispatched",
             task_id,
             attempt,
-            data={"reason": "its message was not started within the dispatch timeout"},
+            data={"reason": reason},
         )
         found = [self._dispatch(run_id, task_id, attempt + 1, row.options)]
         self._write_dispatches(conn, found)
@@ -1181,6 +1173,24 @@ class Store:
             return self._fail_run(conn, run_id, reason)
 
         return self._transaction(work)
+
+    # -- run control ---------------------------------------------------------------------
+
+    def pause_run(self, run_id: str, *, by: str) -> control.Controlled:
+        """No new dispatches, nothing new starts; running attempts finish and are recorded."""
+        return self._transaction(lambda conn: control.pause(self, conn, run_id, by))
+
+    def resume_run(self, run_id: str, *, by: str) -> control.Controlled:
+        """Run a paused run again; returns the attempts to publish."""
+        return self._transaction(lambda conn: control.resume(self, conn, run_id, by))
+
+    def cancel_run(self, run_id: str, *, by: str) -> control.Controlled:
+        """End the run ``cancelled``; returns the message ids to revoke."""
+        return self._transaction(lambda conn: control.cancel(self, conn, run_id, by))
+
+    def retry_run(self, run_id: str, request: control.RetryRequest) -> control.Controlled:
+        """Reopen an ended run as ``request`` says; returns the attempts to publish."""
+        return self._transaction(lambda conn: control.retry(self, conn, run_id, request))
 
     # -- history -------------------------------------------------------------------------
 
