@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, or_, select, update
 
 from gleitzeit import codec, strategies
 from gleitzeit.errors import GraphChanged, RunControlError, RunNotFound
@@ -101,14 +101,6 @@ def resume(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
         .values(state=RunState.RUNNING.value, updated_at=db_now())
     )
     _control_event(store, conn, run_id, "resumed", by=by)
-    ready = conn.execute(
-        select(tasks.c.task_id).where(
-            tasks.c.run_id == run_id,
-            tasks.c.state == TaskState.PENDING.value,
-            tasks.c.waiting_on == 0,
-        )
-    ).scalars()
-    found = store._claim(conn, run_id, list(ready))
     waiting = conn.execute(
         select(
             tasks.c.task_id,
@@ -131,6 +123,15 @@ def resume(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
             tasks.c.state.in_([TaskState.QUEUED.value, TaskState.RETRYING.value]),
         )
     ).all()
+    ready = conn.execute(
+        select(tasks.c.task_id).where(
+            tasks.c.run_id == run_id,
+            tasks.c.state == TaskState.PENDING.value,
+            tasks.c.waiting_on == 0,
+        )
+    ).scalars()
+    # claimed after reading what waited, so that the new claims are not re-dispatched
+    found = store._claim(conn, run_id, list(ready))
     unsent = []
     for row in waiting:
         if row.sent is None:
@@ -338,7 +339,8 @@ def _reset(conn: Connection, run_id: str, rerun: dict[str, int]) -> None:
         .where(
             tasks.c.run_id == run_id,
             tasks.c.task_id == bindparam("t"),
-            tasks.c.state.in_(task_sources(TaskState.PENDING)),
+            # (no IN: an executemany cannot expand one)
+            or_(*(tasks.c.state == state for state in task_sources(TaskState.PENDING))),
         )
         .values(
             state=TaskState.PENDING.value,
