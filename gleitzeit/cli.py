@@ -24,6 +24,7 @@ from gleitzeit.resolver import DependencyResolver
 from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState
 from gleitzeit.store import Store
+from gleitzeit.strategies import FROM_FAILURE, RETRY_STRATEGIES
 
 
 def _parse_inputs(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
@@ -217,11 +218,87 @@ def list_runs(status_: str | None, name: str | None, limit: int) -> None:
 @main.command()
 @click.argument("run_id")
 def history(run_id: str) -> None:
-    """Print a run's events in order."""
+    """Print a run's events in order, with who or what caused each."""
     for event in Client().get(run_id).history():
         stamp = time.strftime("%H:%M:%S", time.localtime(event.created_at))
-        where = f" {event.task_id}#{event.attempt}" if event.task_id else ""
-        click.echo(f"{stamp} {event.type}{where}" + (f" {event.data}" if event.data else ""))
+        where = f" {event.task_id}" if event.task_id else ""
+        where += f"#{event.attempt}" if event.task_id and event.attempt else ""
+        data = dict(event.data or {})
+        by = data.pop("by", None) or data.pop("worker", None)
+        line = f"{stamp} {event.type}{where}" + (f"  by {by}" if by else "")
+        click.echo(line + (f"  {json.dumps(data, default=str)}" if data else ""))
+
+
+@main.command()
+@click.argument("run_id")
+@click.option(
+    "--strategy",
+    type=click.Choice(RETRY_STRATEGIES),
+    default=FROM_FAILURE,
+    show_default=True,
+    help="from_failure: rerun failed, blocked and skipped-by-failure tasks and their "
+    "dependents; from_start: rerun all; skip_failed: skip failed tasks and go on.",
+)
+@_inputs
+@_inputs_json
+@click.option(
+    "--file",
+    "workflow_file",
+    type=click.Path(dir_okay=False),
+    help="The workflow's definition now; a retry against a changed one needs --force.",
+)
+@_include
+@click.option("--force", is_flag=True, help="Rerun the tasks a changed --file changes.")
+@click.option("--wait", "wait_", is_flag=True, help="Wait for the run and print its results.")
+def retry(
+    run_id: str,
+    strategy: str,
+    pairs: Sequence[str],
+    inputs_json: str | None,
+    workflow_file: str | None,
+    include: Sequence[str],
+    force: bool,
+    wait_: bool,
+) -> None:
+    """Run an ended run again, in place. Inputs given replace those of the same name."""
+    import_modules(list(include))
+    client = Client()
+    given = _parse_inputs(pairs, inputs_json)
+    inputs = {**client.get(run_id).record.inputs, **given} if given else None
+    workflow = load_workflow(workflow_file).workflow if workflow_file else None
+    run_ = client.retry(run_id, strategy, inputs=inputs, workflow=workflow, force=force)
+    click.echo(f"run {run_id} retried ({strategy}): {run_.status}")
+    if wait_:
+        _finish(run_)
+
+
+@main.command()
+@click.argument("run_id")
+@click.option(
+    "--no-terminate",
+    is_flag=True,
+    help="Let running tasks run on (their outcomes are ignored) instead of SIGTERM.",
+)
+def cancel(run_id: str, no_terminate: bool) -> None:
+    """Cancel a run: nothing more starts, queued messages are revoked."""
+    changed = Client().cancel(run_id, terminate=not no_terminate)
+    click.echo(f"run {run_id} " + ("cancelled" if changed else "was cancelled already"))
+
+
+@main.command()
+@click.argument("run_id")
+def pause(run_id: str) -> None:
+    """Pause a run: nothing more is dispatched or started; running tasks finish."""
+    changed = Client().pause(run_id)
+    click.echo(f"run {run_id} " + ("paused" if changed else "was paused already"))
+
+
+@main.command()
+@click.argument("run_id")
+def resume(run_id: str) -> None:
+    """Resume a paused run."""
+    changed = Client().resume(run_id)
+    click.echo(f"run {run_id} " + ("resumed" if changed else "was running already"))
 
 
 @main.command()

@@ -220,3 +220,58 @@ def test_reconcile_once_publishes_what_an_offline_submit_left(
     assert "reconciled: republished 1, published 1" in done.stdout
     (row,) = offline.store.get_dispatches(run.id)
     assert row.published_at is not None and row.publish_count == 1
+
+
+def test_pause_resume_cancel_retry_and_history_from_the_command_line(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    flow = tmp_path / "pair.yaml"
+    flow.write_text(
+        "name: pair\n"
+        "tasks:\n"
+        "  - {id: first, task: tests.value, params: {value: '${inputs.n}'}}\n"
+        "  - {id: second, task: tests.add, params: {a: '${first.result}', b: 1}}\n"
+    )
+    env = _env(
+        CELERY_BROKER_URL=redis_server.url_for(6),  # no worker listens: the run waits
+        GLEITZEIT_DATABASE_URL=f"sqlite:///{tmp_path / 'control.db'}",
+    )
+    submitted = run_cli("submit", str(flow), "-I", "tests.tasks", "-i", "n=1", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.strip()
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_cli(*args, run_id, env=env)
+
+    assert cli("pause").stdout.strip() == f"run {run_id} paused"
+    assert cli("pause").stdout.strip() == f"run {run_id} was paused already"
+    assert cli("resume").stdout.strip() == f"run {run_id} resumed"
+
+    refused = cli("retry")
+    assert refused.returncode == 1
+    assert f"run {run_id} is still running" in refused.stderr
+
+    assert cli("cancel").stdout.strip() == f"run {run_id} cancelled"
+    assert cli("cancel").stdout.strip() == f"run {run_id} was cancelled already"
+    assert "ended cancelled" in cli("resume").stderr
+
+    flow.write_text(flow.read_text().replace("b: 1", "b: 2"))
+    changed = run_cli("retry", run_id, "--file", str(flow), "-I", "tests.tasks", env=env)
+    assert changed.returncode == 1
+    assert "another definition of 'pair'" in changed.stderr
+    assert "tasks changed: ['second']" in changed.stderr and "--force" in changed.stderr
+
+    retried = run_cli(
+        "retry", run_id, "--strategy", "from_start", "-i", "n=5", "-I", "tests.tasks", env=env
+    )
+    assert retried.returncode == 0, retried.stderr
+    assert retried.stdout.strip() == f"run {run_id} retried (from_start): running"
+
+    lines = cli("history").stdout.splitlines()
+    kinds = [line.split()[1] for line in lines]
+    assert kinds[0] == "run_submitted"
+    for kind in ("run_paused", "run_resumed", "run_cancelled", "run_retried"):
+        (line,) = [line for line in lines if line.split()[1] == kind]
+        assert "  by " in line and "@" in line  # who: user@host
+    assert kinds.index("run_cancelled") < kinds.index("run_retried")
+    assert '"new_inputs": true' in next(line for line in lines if "run_retried" in line)
