@@ -133,3 +133,27 @@ def poison(marks: str, name: str = "poison") -> None:
     """Kill the worker process that runs it, every time (as the OOM killer would)."""
     _mark(marks, name)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+@task(name="tests.divide")
+def divide(a: float, b: float, marks: str, name: str = "divide") -> float:
+    """``a / b``; fails with ``ZeroDivisionError`` on a bad input (``b == 0``)."""
+    _mark(marks, name)
+    return a / b
+
+
+@task(name="tests.step")
+def step(step: int, marks: str, fail_at: int = 0, after: Any = None) -> dict[str, Any]:
+    """Step ``step`` of a saga: marks ``step-<n>``, fails when ``step == fail_at``."""
+    _mark(marks, f"step-{step}")
+    if step == fail_at:
+        raise RuntimeError(f"step {step} failed")
+    return {"step": step, "booked": f"booking-{step}"}
+
+
+@task(name="tests.undo")
+def undo(result: Any, marks: str, step: int, **params: Any) -> dict[str, Any]:
+    """Compensate ``tests.step``: marks ``undo-<n>`` with the time, returns what it undid."""
+    _mark(marks, f"undo-{step}")
+    (Path(marks) / f"undone-at.{time.time_ns()}.{step}").write_text("")
+    return {"undid": result, "step": step}

@@ -1,0 +1,113 @@
+"""One test's own redis-server, store, Celery workers and beat, with recovery shortened.
+
+For tests that stop, kill or restart what they run on, so that no other test shares it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from gleitzeit import Client, Settings
+from tests.conftest import POSTGRES_ENV
+from tests.services import CeleryBeat, CeleryWorker, RedisServer, postgres_database
+
+#: recovery settings for every process of a test: leases, timeouts and rounds of seconds
+FAST = {
+    "GLEITZEIT_LEASE_SECONDS": "3",
+    "GLEITZEIT_RECONCILE_INTERVAL": "1",
+    "GLEITZEIT_DISPATCH_TIMEOUT": "10",
+    "GLEITZEIT_REPUBLISH_AFTER": "2",
+    "GLEITZEIT_BREAKER_RESET_SECONDS": "2",
+    "GLEITZEIT_STORAGE_RETRY_SECONDS": "60",
+}
+#: how long a run may take to end once its fault is gone
+DEADLINE = 120
+
+
+class Cluster:
+    """One test's redis-server, store, workers and beat, all started and stopped by it."""
+
+    def __init__(self, tmp: Path, database_url: str) -> None:
+        self.tmp = tmp
+        self.database_url = database_url
+        self.redis = RedisServer.start(tmp / "redis")
+        self.workers: list[CeleryWorker] = []
+        self.beat: CeleryBeat | None = None
+        self.env = dict(FAST)
+
+    @property
+    def broker_url(self) -> str:
+        return self.redis.url_for(0)
+
+    def settings(self, **env: str) -> Settings:
+        given = {
+            **self.env,
+            **env,
+            "GLEITZEIT_DATABASE_URL": self.database_url,
+            "CELERY_BROKER_URL": self.broker_url,
+        }
+        return Settings.from_env(given)
+
+    def client(self) -> Client:
+        return Client(settings=self.settings())
+
+    def start_worker(self, *, concurrency: int = 2, **env: str) -> CeleryWorker:
+        worker = CeleryWorker.start(
+            broker_url=self.broker_url,
+            database_url=self.database_url,
+            log_dir=self.tmp,
+            concurrency=concurrency,
+            env={**self.env, **env},
+        )
+        self.workers.append(worker)
+        worker.wait_ready(timeout=60)
+        return worker
+
+    def start_beat(self) -> CeleryBeat:
+        self.beat = CeleryBeat.start_beat(
+            broker_url=self.broker_url,
+            database_url=self.database_url,
+            log_dir=self.tmp,
+            env=self.env,
+        )
+        self.beat.wait_ready(timeout=60)
+        return self.beat
+
+    def kill_everything(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+        if self.beat is not None:
+            self.beat.kill()
+        self.redis.kill()
+
+    def close(self) -> None:
+        for worker in self.workers:
+            worker.kill()
+        if self.beat is not None:
+            self.beat.kill()
+        self.redis.stop()
+
+
+@contextlib.contextmanager
+def started_cluster(store: str, tmp_path: Path) -> Iterator[Cluster]:
+    if store == "sqlite":
+        started = Cluster(tmp_path, f"sqlite:///{tmp_path / 'gleitzeit.db'}")
+        try:
+            yield started
+        finally:
+            started.close()
+        return
+    admin_url = os.environ.get(POSTGRES_ENV)
+    if not admin_url:
+        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against")
+    with postgres_database(admin_url) as url:
+        started = Cluster(tmp_path, url)
+        try:
+            yield started
+        finally:
+            started.close()
