@@ -7,7 +7,9 @@ behaviour with real Celery workers is in ``tests/integration/test_control.py``.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -429,3 +431,39 @@ def test_retry_reruns_a_replaced_task_and_puts_its_alternative_back_on_standby(
     assert [tid for tid, _ in ran] == ["fetch", "use"]
     assert ran[-1] == ("use", {"value": "fetch"})
     assert states(store, run_id)["cached"] is TaskState.SKIPPED
+
+
+def test_a_pause_racing_20_completions_is_wholly_before_or_after_each(store: Store) -> None:
+    wf = Workflow("pairs")
+    wf.task("start", "app.x")
+    for i in range(20):
+        wf.task(f"p{i}", "app.x", depends_on=["start"])
+        wf.task(f"c{i}", "app.x", depends_on=[f"p{i}"])
+    run_id, _ = submit(store, wf)
+    store.start_attempt(run_id, "start", 1)
+    store.record_success(run_id, "start", 1, "1")
+    for i in range(20):
+        assert store.start_attempt(run_id, f"p{i}", 1) is not None
+
+    barrier = threading.Barrier(21)
+
+    def finish(i: int) -> list[Dispatch]:
+        barrier.wait()
+        return store.record_success(run_id, f"p{i}", 1, "1").dispatches
+
+    def pause() -> list[Dispatch]:
+        barrier.wait()
+        store.pause_run(run_id, by="race")
+        return []
+
+    with ThreadPoolExecutor(max_workers=21) as pool:
+        futures = [pool.submit(finish, i) for i in range(20)] + [pool.submit(pause)]
+        claimed = [d for future in futures for d in future.result()]
+
+    paused_at = next(e.created_at for e in store.get_events(run_id) if e.type == "run_paused")
+    ledger = {d.task_id: d for d in store.get_dispatches(run_id) if d.task_id.startswith("c")}
+    assert sorted(ledger) == sorted(d.task_id for d in claimed)
+    assert all(d.created_at <= paused_at for d in ledger.values())
+    resumed = store.resume_run(run_id, by="race")
+    # what was claimed before the pause is re-sent (never started); the rest is claimed now
+    assert sorted(d.task_id for d in resumed.dispatches) == sorted(f"c{i}" for i in range(20))

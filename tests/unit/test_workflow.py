@@ -15,6 +15,7 @@ from gleitzeit.workflow import (
     TaskHandle,
     TaskSpec,
     Workflow,
+    hash_json,
     task,
     task_defaults,
 )
@@ -496,3 +497,46 @@ def test_yaml_never_builds_python_objects() -> None:
     with pytest.raises(WorkflowValidationError) as caught:
         Workflow.from_yaml(text, source="evil.yaml")
     assert "evil.yaml" in caught.value.problems[0]
+
+
+def test_strategies_and_compensations_travel_in_the_data_form() -> None:
+    wf = Workflow("saga")
+    wf.task("live", "app.live", on_failure="alternative:cached", compensate="app.undo_live")
+    wf.task("cached", "app.cached", on_failure="skip")
+    again = Workflow.from_yaml(yaml.safe_dump(wf.to_dict()))
+    assert again.specs == wf.specs
+    assert again.tasks["live"].compensate == "app.undo_live"
+    assert again.graph_hash() == wf.graph_hash()
+
+
+def test_a_graph_without_compensations_keeps_the_hash_it_had_before_they_existed() -> None:
+    # runs stored before `compensate` existed must still match their definition on retry
+    wf = Workflow("w")
+    wf.task("a", "app.x")
+    before = {
+        "name": "w",
+        "tasks": [
+            {
+                "id": "a",
+                "task": "app.x",
+                "params": {},
+                "depends_on": [],
+                "retries": 0,
+                "backoff": Backoff().to_dict(),
+                "retry_on": [],
+                "timeout": None,
+                "on_failure": "block",
+                "queue": None,
+                "priority": None,
+            }
+        ],
+    }
+    assert wf.graph_hash() == hash_json(before)
+
+
+def test_compensate_takes_a_task_or_its_name() -> None:
+    wf = Workflow("w")
+    wf.task("pay", "app.pay", compensate=extract)
+    wf.task("pay2", "app.pay", compensate="app.refund")
+    assert wf.tasks["pay"].compensate == "tests.unit.test_workflow.extract"
+    assert wf.tasks["pay2"].compensate == "app.refund"
