@@ -67,17 +67,24 @@ def _locked(store: Store, conn: Connection, run_id: str) -> RunState:
     return state
 
 
+def _may(store: Store, conn: Connection, run_id: str, *, unless: RunState, verb: str) -> bool:
+    """Lock the run; ``False`` when it is ``unless`` already; refuse a run that ended."""
+    state = _locked(store, conn, run_id)
+    if state is unless:
+        return False
+    if state in FINAL_RUN_STATES:
+        raise RunControlError(f"run {run_id} already ended {state.value}: nothing to {verb}")
+    return True
+
+
 def _control_event(store: Store, conn: Connection, run_id: str, what: str, **data: Any) -> None:
     # a control operation may be repeated (pause, resume, pause): each gets its own event
     store._event(conn, run_id, f"run:{what}:{uuid.uuid4()}", f"run_{what}", data=data)
 
 
 def pause(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
-    state = _locked(store, conn, run_id)
-    if state is RunState.PAUSED:
+    if not _may(store, conn, run_id, unless=RunState.PAUSED, verb="pause"):
         return Controlled(False)
-    if state in FINAL_RUN_STATES:
-        raise RunControlError(f"run {run_id} already ended {state.value}: nothing to pause")
     conn.execute(update(runs).where(runs.c.id == run_id).values(state=RunState.PAUSED.value))
     _control_event(store, conn, run_id, "paused", by=by)
     return Controlled(True)
@@ -90,11 +97,8 @@ def resume(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
     waiting for a worker gets a new attempt (a copy of the old message still in the
     broker is then stale and does nothing).
     """
-    state = _locked(store, conn, run_id)
-    if state is RunState.RUNNING:
+    if not _may(store, conn, run_id, unless=RunState.RUNNING, verb="resume"):
         return Controlled(False)
-    if state in FINAL_RUN_STATES:
-        raise RunControlError(f"run {run_id} already ended {state.value}: nothing to resume")
     conn.execute(
         update(runs)
         .where(runs.c.id == run_id)
@@ -152,11 +156,8 @@ def resume(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
 
 def cancel(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
     """End the run ``cancelled``: nothing unfinished will start or be recorded."""
-    state = _locked(store, conn, run_id)
-    if state is RunState.CANCELLED:
+    if not _may(store, conn, run_id, unless=RunState.CANCELLED, verb="cancel"):
         return Controlled(False)
-    if state in FINAL_RUN_STATES:
-        raise RunControlError(f"run {run_id} already ended {state.value}: nothing to cancel")
     conn.execute(
         update(runs)
         .where(runs.c.id == run_id)
