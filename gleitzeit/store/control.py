@@ -18,6 +18,7 @@ from sqlalchemy import Connection, and_, bindparam, delete, or_, select, update
 from gleitzeit import codec, strategies
 from gleitzeit.errors import GraphChanged, RunControlError, RunNotFound
 from gleitzeit.states import FINAL_RUN_STATES, RunState, TaskState, task_moves, task_sources
+from gleitzeit.store import recovery
 from gleitzeit.store.records import Dispatch, PlannedTask, message_id
 from gleitzeit.store.tables import attempts, db_now, dispatches, runs, tasks
 from gleitzeit.workflow import ON_FAILURE_BLOCK
@@ -142,7 +143,8 @@ def resume(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
             # a retry decided while paused: its attempt was never dispatched
             unsent.append(store._dispatch(run_id, row.task_id, row.attempt, row.options))
             continue
-        found += store._redispatch(
+        found += recovery.redispatch(
+            store,
             conn,
             run_id,
             row.task_id,

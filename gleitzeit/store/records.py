@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from gleitzeit.states import RunState, TaskState
 
@@ -216,3 +216,12 @@ class Repair:
     republish: list[Dispatch] = field(default_factory=list)
     #: how many of each kind of repair were applied (a race lost to normal progress is not)
     applied: dict[str, int] = field(default_factory=dict)
+
+
+class RunCount(NamedTuple):
+    """A run's state and counters, read as its row was updated (and locked)."""
+
+    state: RunState
+    unfinished: int
+    failed: int
+    retries: int

@@ -13,26 +13,25 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any, NamedTuple, TypeVar
+from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, exists, func, insert, select, update
+from sqlalchemy import Connection, Engine, bindparam, exists, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from gleitzeit import codec, strategies
 from gleitzeit.errors import IdempotencyConflict, StorageFailure
-from gleitzeit.policy import Backoff, compute_backoff
+from gleitzeit.policy import Backoff
 from gleitzeit.settings import Settings
 from gleitzeit.states import (
-    FINAL_TASK_STATES,
     RunState,
     TaskState,
     run_sources,
     task_moves,
     task_sources,
 )
-from gleitzeit.store import control, reads, sweep
+from gleitzeit.store import control, reads, recovery, sweep
 from gleitzeit.store.engine import engine_for
 from gleitzeit.store.migrate import ensure_schema
 from gleitzeit.store.records import (
@@ -43,6 +42,7 @@ from gleitzeit.store.records import (
     Holder,
     Recorded,
     Repair,
+    RunCount,
     RunPlan,
     RunRecord,
     StartedAttempt,
@@ -51,7 +51,7 @@ from gleitzeit.store.records import (
     TaskRecord,
     message_id,
 )
-from gleitzeit.store.tables import attempts, db_now, dispatches, events, runs, tasks
+from gleitzeit.store.tables import attempts, db_now, dispatches, events, on_attempt, runs, tasks
 from gleitzeit.workflow import ON_FAILURE_BLOCK, ON_FAILURE_SKIP, alternative_of
 
 log = logging.getLogger(__name__)
@@ -69,15 +69,6 @@ def _is_transient(exc: BaseException) -> bool:
 
 def _ids(values: Iterable[str]) -> list[str]:
     return sorted(set(values))
-
-
-class _RunCount(NamedTuple):
-    """A run's state and counters, read as its row was updated (and locked)."""
-
-    state: RunState
-    unfinished: int
-    failed: int
-    retries: int
 
 
 class Store:
@@ -736,7 +727,7 @@ class Store:
 
     def _count_finished(
         self, conn: Connection, run_id: str, *, finished: int, failed: int
-    ) -> _RunCount:
+    ) -> RunCount:
         """Count tasks that reached a final state. The update locks the run's row, so a
         pause or cancel is wholly before or after the claims this transaction makes next."""
         row = conn.execute(
@@ -749,9 +740,9 @@ class Store:
             )
             .returning(runs.c.state, runs.c.tasks_unfinished, runs.c.tasks_failed, runs.c.retries)
         ).one()
-        return _RunCount(RunState(row.state), row.tasks_unfinished, row.tasks_failed, row.retries)
+        return RunCount(RunState(row.state), row.tasks_unfinished, row.tasks_failed, row.retries)
 
-    def _end_if_done(self, conn: Connection, run_id: str, count: _RunCount) -> list[Dispatch]:
+    def _end_if_done(self, conn: Connection, run_id: str, count: RunCount) -> list[Dispatch]:
         """End the run when no task is left; a failed one first runs its compensations."""
         if count.unfinished > 0:
             return []
@@ -773,7 +764,7 @@ class Store:
             self._event(conn, run_id, f"run:{retries}:{final.value}", f"run_{final.value}")
         return bool(ended)
 
-    def _compensate(self, conn: Connection, run_id: str, count: _RunCount) -> list[Dispatch] | None:
+    def _compensate(self, conn: Connection, run_id: str, count: RunCount) -> list[Dispatch] | None:
         """Start the saga's compensations, or ``None`` when there is nothing to undo.
 
         Each compensation is a task of the run that waits for the one before it, and
@@ -865,7 +856,7 @@ class Store:
         def work(conn: Connection) -> bool:
             renewed = conn.execute(
                 update(tasks)
-                .where(*_on_attempt(run_id, task_id, attempt, [TaskState.RUNNING.value]))
+                .where(*on_attempt(run_id, task_id, attempt, [TaskState.RUNNING.value]))
                 .values(lease_until=db_now() + self.lease_seconds)
             ).rowcount
             return bool(renewed)
@@ -880,39 +871,10 @@ class Store:
         The task gets a new attempt, or fails once its worker was lost ``max_lost`` times.
         """
         return self._transaction(
-            lambda conn: self._lose(conn, run_id, task_id, attempt, reason, max_lost, False)
-        )
-
-    def _lose(
-        self,
-        conn: Connection,
-        run_id: str,
-        task_id: str,
-        attempt: int,
-        reason: str,
-        max_lost: int,
-        expired_only: bool,
-    ) -> Recorded:
-        running = _on_attempt(run_id, task_id, attempt, [TaskState.RUNNING.value])
-        if expired_only:
-            running.append(tasks.c.lease_until < db_now())
-        row = conn.execute(
-            update(tasks)
-            .where(*running)
-            .values(lost=tasks.c.lost + 1, lease_until=None)
-            .returning(tasks.c.lost)
-        ).one_or_none()
-        if row is None:
-            return Recorded(False)
-        if row.lost >= max_lost:
-            error = ErrorInfo(
-                "gleitzeit.WorkerLost",
-                f"gave up after the worker running this task was lost {row.lost} times "
-                f"(killed, out of memory, or stopped without finishing); last: {reason}",
+            lambda conn: recovery.lose(
+                self, conn, run_id, task_id, attempt, reason, max_lost, False
             )
-            return self._record_failed(conn, run_id, task_id, attempt, error, by_task=False)
-        error = ErrorInfo("gleitzeit.WorkerLost", f"{reason} (lost {row.lost} of {max_lost})")
-        return self._record_retry(conn, run_id, task_id, attempt, error, 0.0, by_task=False)
+        )
 
     def find_stuck(
         self,
@@ -943,201 +905,16 @@ class Store:
         max_lost: int,
     ) -> Repair:
         """Repair one run in one transaction; every repair re-checks its own condition."""
-
-        def work(conn: Connection) -> Repair:
-            repair = Repair()
-            if self._lock_run(conn, stuck.run_id) is not RunState.RUNNING:
-                return repair  # paused, cancelled or ended since it was found
-            if stuck.finished:
-                compensations = self._finalize(conn, stuck.run_id)
-                if compensations is not None:
-                    repair.dispatches.extend(compensations)
-                    self._count(repair, "finished", 1)
-            elif stuck.stalled:
-                reason = f"stalled: no task started or finished for {stall_timeout:g} s"
-                ended = self._fail_run(
-                    conn, stuck.run_id, reason, sweep.stalled_condition(stall_timeout)
-                )
-                self._count(repair, "stalled", ended)
-            if repair.applied:
-                return repair
-            found = self._claim(conn, stuck.run_id, stuck.ready)
-            repair.dispatches.extend(found)
-            self._count(repair, "claimed", len(found))
-            for task_id, attempt in stuck.unstarted:
-                found = self._redispatch(conn, stuck.run_id, task_id, attempt)
-                repair.dispatches.extend(found)
-                self._count(repair, "redispatched", len(found))
-            for task_id, attempt in stuck.lost:
-                recorded = self._lose(
-                    conn, stuck.run_id, task_id, attempt, "its lease expired", max_lost, True
-                )
-                repair.dispatches.extend(recorded.dispatches)
-                self._count(repair, "lost", recorded.recorded)
-            republish = self._claim_unpublished(conn, stuck, republish_after)
-            repair.republish.extend(republish)
-            self._count(repair, "republished", len(republish))
-            conn.execute(
-                update(runs)
-                .where(runs.c.id == stuck.run_id, runs.c.reconcile_failures > 0)
-                .values(reconcile_failures=0, reconcile_after=None, error=None)
-            )
-            return repair
-
-        return self._transaction(work)
-
-    @staticmethod
-    def _count(repair: Repair, kind: str, n: int | bool) -> None:
-        if n:
-            repair.applied[kind] = repair.applied.get(kind, 0) + int(n)
-
-    def _redispatch(
-        self,
-        conn: Connection,
-        run_id: str,
-        task_id: str,
-        attempt: int,
-        *,
-        why: str = "unstarted",
-        reason: str = "its message was not started within the dispatch timeout",
-    ) -> list[Dispatch]:
-        """A new attempt for one whose message was published and never started."""
-        row = conn.execute(
-            update(tasks)
-            .where(
-                *_on_attempt(
-                    run_id,
-                    task_id,
-                    attempt,
-                    task_moves(TaskState.QUEUED, TaskState.RETRYING, to=TaskState.QUEUED),
-                )
-            )
-            .values(
-                state=TaskState.QUEUED.value,
-                attempt=attempt + 1,
-                queued_at=db_now(),
-                updated_at=db_now(),
-            )
-            .returning(tasks.c.options)
-        ).one_or_none()
-        if row is None:
-            return []
-        self._event(
-            conn,
-            run_id,
-            f"{task_id}:{attempt}:{why}",
-            "task_redispatched",
-            task_id,
-            attempt,
-            data={"reason": reason},
-        )
-        found = [self._dispatch(run_id, task_id, attempt + 1, row.options)]
-        self._write_dispatches(conn, found)
-        return found
-
-    def _claim_unpublished(
-        self, conn: Connection, stuck: StuckRun, republish_after: float
-    ) -> list[Dispatch]:
-        """Take unpublished ledger rows to publish again; another reconciler will not."""
-        found = []
-        for task_id, attempt in stuck.unpublished:
-            row = conn.execute(
-                update(dispatches)
-                .where(
-                    dispatches.c.run_id == stuck.run_id,
-                    dispatches.c.task_id == task_id,
-                    dispatches.c.attempt == attempt,
-                    dispatches.c.published_at.is_(None),
-                    func.coalesce(dispatches.c.claimed_at, dispatches.c.created_at)
-                    < db_now() - republish_after,
-                )
-                .values(claimed_at=db_now())
-                .returning(
-                    (dispatches.c.created_at + dispatches.c.countdown - db_now()).label("due_in")
-                )
-            ).one_or_none()
-            if row is None:
-                continue
-            options = conn.execute(
-                select(tasks.c.options).where(
-                    tasks.c.run_id == stuck.run_id, tasks.c.task_id == task_id
-                )
-            ).scalar_one()
-            countdown = max(0.0, float(row.due_in))
-            found.append(self._dispatch(stuck.run_id, task_id, attempt, options, countdown))
-        return found
-
-    def _finalize(self, conn: Connection, run_id: str) -> list[Dispatch] | None:
-        """End a run whose tasks are all final, by what its tasks say.
-
-        Returns the compensations to publish when it failed and has some to run, else
-        ``None`` when the run was not ended by this call.
-        """
-        failed = conn.execute(
-            select(func.count()).where(
-                tasks.c.run_id == run_id, tasks.c.state == TaskState.FAILED.value
-            )
-        ).scalar_one()
-        unfinished = exists().where(
-            tasks.c.run_id == run_id,
-            tasks.c.state.not_in([state.value for state in FINAL_TASK_STATES]),
-        )
-        row = conn.execute(
-            update(runs)
-            .where(runs.c.id == run_id, runs.c.state == RunState.RUNNING.value, ~unfinished)
-            .values(tasks_unfinished=0, tasks_failed=failed, updated_at=db_now())
-            .returning(runs.c.state, runs.c.retries)
-        ).one_or_none()
-        if row is None:
-            return None
-        count = _RunCount(RunState(row.state), 0, failed, row.retries)
-        return self._end_if_done(conn, run_id, count)
-
-    def _fail_run(self, conn: Connection, run_id: str, reason: str, condition: Any = None) -> bool:
-        """End a run ``failed`` for ``reason``: what has not finished will not run."""
-        where = [runs.c.id == run_id, runs.c.state.in_(run_sources(RunState.FAILED))]
-        if condition is not None:
-            where.append(condition)
-        retries = conn.execute(
-            update(runs)
-            .where(*where)
-            .values(
-                state=RunState.FAILED.value,
-                error=reason,
-                tasks_unfinished=0,
-                finished_at=db_now(),
-                updated_at=db_now(),
-            )
-            .returning(runs.c.retries)
-        ).scalar_one_or_none()
-        if retries is None:
-            return False
-        started = (TaskState.QUEUED, TaskState.RETRYING, TaskState.RUNNING)
-        conn.execute(
-            update(tasks)
-            .where(
-                tasks.c.run_id == run_id,
-                tasks.c.state.in_(task_moves(*started, to=TaskState.FAILED)),
-            )
-            .values(
-                state=TaskState.FAILED.value,
-                error_type="gleitzeit.RunFailed",
-                error_message=reason,
-                lease_until=None,
-                finished_at=db_now(),
-                updated_at=db_now(),
+        return self._transaction(
+            lambda conn: recovery.reconcile(
+                self,
+                conn,
+                stuck,
+                republish_after=republish_after,
+                stall_timeout=stall_timeout,
+                max_lost=max_lost,
             )
         )
-        conn.execute(
-            update(tasks)
-            .where(
-                tasks.c.run_id == run_id,
-                tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.BLOCKED)),
-            )
-            .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
-        )
-        self._event(conn, run_id, f"run:{retries}:failed", "run_failed", data={"reason": reason})
-        return True
 
     def set_aside(self, run_id: str, error: str, *, max_failures: int, backoff: Backoff) -> bool:
         """Count a failed reconciliation of a run and put off the next by ``backoff``.
@@ -1145,34 +922,11 @@ class Store:
         Returns ``True`` when this was the ``max_failures``-th failure in a row and the run
         was failed with the error as its reason.
         """
-
-        def work(conn: Connection) -> bool:
-            found = conn.execute(
-                update(runs)
-                .where(runs.c.id == run_id, runs.c.state == RunState.RUNNING.value)
-                .values(reconcile_failures=runs.c.reconcile_failures + 1, error=error)
-                .returning(runs.c.reconcile_failures, runs.c.retries)
-            ).one_or_none()
-            if found is None:
-                return False
-            failures = found.reconcile_failures
-            retry_in = compute_backoff(failures, backoff)
-            conn.execute(
-                update(runs).where(runs.c.id == run_id).values(reconcile_after=db_now() + retry_in)
+        return self._transaction(
+            lambda conn: recovery.set_aside(
+                self, conn, run_id, error, max_failures=max_failures, backoff=backoff
             )
-            self._event(
-                conn,
-                run_id,
-                f"run:{found.retries}:set-aside:{failures}",
-                "run_set_aside",
-                data={"error": error, "failures": failures, "retry_in": retry_in},
-            )
-            if failures < max_failures:
-                return False
-            reason = f"reconciliation failed {failures} times in a row: {error}"
-            return self._fail_run(conn, run_id, reason)
-
-        return self._transaction(work)
+        )
 
     # -- run control ---------------------------------------------------------------------
 
@@ -1265,19 +1019,9 @@ def _move(run_id: str, task_id: str, attempt: int, new: TaskState) -> Any:
     """
     return (
         update(tasks)
-        .where(*_on_attempt(run_id, task_id, attempt, task_sources(new)))
+        .where(*on_attempt(run_id, task_id, attempt, task_sources(new)))
         .values(state=new.value, updated_at=db_now())
     )
-
-
-def _on_attempt(run_id: str, task_id: str, attempt: int, states: Sequence[str]) -> list[Any]:
-    """``WHERE`` clauses: the task is on ``attempt`` (the fencing token) in one of ``states``."""
-    return [
-        tasks.c.run_id == run_id,
-        tasks.c.task_id == task_id,
-        tasks.c.attempt == attempt,
-        tasks.c.state.in_(states),
-    ]
 
 
 __all__ = ["Store", "message_id"]

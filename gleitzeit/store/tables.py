@@ -8,6 +8,7 @@ and keep pickle out.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -163,3 +164,13 @@ events = Table(
     UniqueConstraint("run_id", "key", name="uq_gz_events_run_key"),
     Index("ix_gz_events_run_id", "run_id", "id"),
 )
+
+
+def on_attempt(run_id: str, task_id: str, attempt: int, states: Sequence[str]) -> list[Any]:
+    """``WHERE`` clauses: the task is on ``attempt`` (the fencing token) in one of ``states``."""
+    return [
+        tasks.c.run_id == run_id,
+        tasks.c.task_id == task_id,
+        tasks.c.attempt == attempt,
+        tasks.c.state.in_(states),
+    ]

@@ -1,0 +1,291 @@
+"""The reconciler's repairs, and giving up on lost attempts: functions of one transaction.
+
+``Store.reconcile_run``, ``Store.attempt_lost`` and ``Store.set_aside`` run these in their
+transaction; every repair re-checks, in its own conditional ``UPDATE``, the condition the
+sweep (:mod:`gleitzeit.store.sweep`) found, so a finding made stale by normal progress or by
+another reconciler changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Connection, exists, func, select, update
+
+from gleitzeit.policy import Backoff, compute_backoff
+from gleitzeit.states import FINAL_TASK_STATES, RunState, TaskState, run_sources, task_moves
+from gleitzeit.store import sweep
+from gleitzeit.store.records import Dispatch, ErrorInfo, Recorded, Repair, RunCount, StuckRun
+from gleitzeit.store.tables import db_now, dispatches, on_attempt, runs, tasks
+
+if TYPE_CHECKING:
+    from gleitzeit.store.store import Store
+
+
+def lose(
+    store: Store,
+    conn: Connection,
+    run_id: str,
+    task_id: str,
+    attempt: int,
+    reason: str,
+    max_lost: int,
+    expired_only: bool,
+) -> Recorded:
+    running = on_attempt(run_id, task_id, attempt, [TaskState.RUNNING.value])
+    if expired_only:
+        running.append(tasks.c.lease_until < db_now())
+    row = conn.execute(
+        update(tasks)
+        .where(*running)
+        .values(lost=tasks.c.lost + 1, lease_until=None)
+        .returning(tasks.c.lost)
+    ).one_or_none()
+    if row is None:
+        return Recorded(False)
+    if row.lost >= max_lost:
+        error = ErrorInfo(
+            "gleitzeit.WorkerLost",
+            f"gave up after the worker running this task was lost {row.lost} times "
+            f"(killed, out of memory, or stopped without finishing); last: {reason}",
+        )
+        return store._record_failed(conn, run_id, task_id, attempt, error, by_task=False)
+    error = ErrorInfo("gleitzeit.WorkerLost", f"{reason} (lost {row.lost} of {max_lost})")
+    return store._record_retry(conn, run_id, task_id, attempt, error, 0.0, by_task=False)
+
+
+def reconcile(
+    store: Store,
+    conn: Connection,
+    stuck: StuckRun,
+    *,
+    republish_after: float,
+    stall_timeout: float,
+    max_lost: int,
+) -> Repair:
+    """Repair one run; every repair re-checks its own condition."""
+    repair = Repair()
+    if store._lock_run(conn, stuck.run_id) is not RunState.RUNNING:
+        return repair  # paused, cancelled or ended since it was found
+    if stuck.finished:
+        compensations = finalize(store, conn, stuck.run_id)
+        if compensations is not None:
+            repair.dispatches.extend(compensations)
+            _count(repair, "finished", 1)
+    elif stuck.stalled:
+        reason = f"stalled: no task started or finished for {stall_timeout:g} s"
+        ended = fail_run(store, conn, stuck.run_id, reason, sweep.stalled_condition(stall_timeout))
+        _count(repair, "stalled", ended)
+    if repair.applied:
+        return repair
+    found = store._claim(conn, stuck.run_id, stuck.ready)
+    repair.dispatches.extend(found)
+    _count(repair, "claimed", len(found))
+    for task_id, attempt in stuck.unstarted:
+        found = redispatch(store, conn, stuck.run_id, task_id, attempt)
+        repair.dispatches.extend(found)
+        _count(repair, "redispatched", len(found))
+    for task_id, attempt in stuck.lost:
+        recorded = lose(
+            store, conn, stuck.run_id, task_id, attempt, "its lease expired", max_lost, True
+        )
+        repair.dispatches.extend(recorded.dispatches)
+        _count(repair, "lost", recorded.recorded)
+    republish = claim_unpublished(store, conn, stuck, republish_after)
+    repair.republish.extend(republish)
+    _count(repair, "republished", len(republish))
+    conn.execute(
+        update(runs)
+        .where(runs.c.id == stuck.run_id, runs.c.reconcile_failures > 0)
+        .values(reconcile_failures=0, reconcile_after=None, error=None)
+    )
+    return repair
+
+
+def _count(repair: Repair, kind: str, n: int | bool) -> None:
+    if n:
+        repair.applied[kind] = repair.applied.get(kind, 0) + int(n)
+
+
+def redispatch(
+    store: Store,
+    conn: Connection,
+    run_id: str,
+    task_id: str,
+    attempt: int,
+    *,
+    why: str = "unstarted",
+    reason: str = "its message was not started within the dispatch timeout",
+) -> list[Dispatch]:
+    """A new attempt for one whose message was published and never started."""
+    row = conn.execute(
+        update(tasks)
+        .where(
+            *on_attempt(
+                run_id,
+                task_id,
+                attempt,
+                task_moves(TaskState.QUEUED, TaskState.RETRYING, to=TaskState.QUEUED),
+            )
+        )
+        .values(
+            state=TaskState.QUEUED.value,
+            attempt=attempt + 1,
+            queued_at=db_now(),
+            updated_at=db_now(),
+        )
+        .returning(tasks.c.options)
+    ).one_or_none()
+    if row is None:
+        return []
+    store._event(
+        conn,
+        run_id,
+        f"{task_id}:{attempt}:{why}",
+        "task_redispatched",
+        task_id,
+        attempt,
+        data={"reason": reason},
+    )
+    found = [store._dispatch(run_id, task_id, attempt + 1, row.options)]
+    store._write_dispatches(conn, found)
+    return found
+
+
+def claim_unpublished(
+    store: Store, conn: Connection, stuck: StuckRun, republish_after: float
+) -> list[Dispatch]:
+    """Take unpublished ledger rows to publish again; another reconciler will not."""
+    found = []
+    for task_id, attempt in stuck.unpublished:
+        row = conn.execute(
+            update(dispatches)
+            .where(
+                dispatches.c.run_id == stuck.run_id,
+                dispatches.c.task_id == task_id,
+                dispatches.c.attempt == attempt,
+                dispatches.c.published_at.is_(None),
+                func.coalesce(dispatches.c.claimed_at, dispatches.c.created_at)
+                < db_now() - republish_after,
+            )
+            .values(claimed_at=db_now())
+            .returning(
+                (dispatches.c.created_at + dispatches.c.countdown - db_now()).label("due_in")
+            )
+        ).one_or_none()
+        if row is None:
+            continue
+        options = conn.execute(
+            select(tasks.c.options).where(
+                tasks.c.run_id == stuck.run_id, tasks.c.task_id == task_id
+            )
+        ).scalar_one()
+        countdown = max(0.0, float(row.due_in))
+        found.append(store._dispatch(stuck.run_id, task_id, attempt, options, countdown))
+    return found
+
+
+def finalize(store: Store, conn: Connection, run_id: str) -> list[Dispatch] | None:
+    """End a run whose tasks are all final, by what its tasks say.
+
+    Returns the compensations to publish when it failed and has some to run, else
+    ``None`` when the run was not ended by this call.
+    """
+    failed = conn.execute(
+        select(func.count()).where(
+            tasks.c.run_id == run_id, tasks.c.state == TaskState.FAILED.value
+        )
+    ).scalar_one()
+    unfinished = exists().where(
+        tasks.c.run_id == run_id,
+        tasks.c.state.not_in([state.value for state in FINAL_TASK_STATES]),
+    )
+    row = conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.state == RunState.RUNNING.value, ~unfinished)
+        .values(tasks_unfinished=0, tasks_failed=failed, updated_at=db_now())
+        .returning(runs.c.state, runs.c.retries)
+    ).one_or_none()
+    if row is None:
+        return None
+    count = RunCount(RunState(row.state), 0, failed, row.retries)
+    return store._end_if_done(conn, run_id, count)
+
+
+def fail_run(
+    store: Store, conn: Connection, run_id: str, reason: str, condition: Any = None
+) -> bool:
+    """End a run ``failed`` for ``reason``: what has not finished will not run."""
+    where = [runs.c.id == run_id, runs.c.state.in_(run_sources(RunState.FAILED))]
+    if condition is not None:
+        where.append(condition)
+    retries = conn.execute(
+        update(runs)
+        .where(*where)
+        .values(
+            state=RunState.FAILED.value,
+            error=reason,
+            tasks_unfinished=0,
+            finished_at=db_now(),
+            updated_at=db_now(),
+        )
+        .returning(runs.c.retries)
+    ).scalar_one_or_none()
+    if retries is None:
+        return False
+    started = (TaskState.QUEUED, TaskState.RETRYING, TaskState.RUNNING)
+    conn.execute(
+        update(tasks)
+        .where(
+            tasks.c.run_id == run_id,
+            tasks.c.state.in_(task_moves(*started, to=TaskState.FAILED)),
+        )
+        .values(
+            state=TaskState.FAILED.value,
+            error_type="gleitzeit.RunFailed",
+            error_message=reason,
+            lease_until=None,
+            finished_at=db_now(),
+            updated_at=db_now(),
+        )
+    )
+    conn.execute(
+        update(tasks)
+        .where(
+            tasks.c.run_id == run_id,
+            tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.BLOCKED)),
+        )
+        .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
+    )
+    store._event(conn, run_id, f"run:{retries}:failed", "run_failed", data={"reason": reason})
+    return True
+
+
+def set_aside(
+    store: Store, conn: Connection, run_id: str, error: str, *, max_failures: int, backoff: Backoff
+) -> bool:
+    """Count a failed reconciliation of a run; fail it after ``max_failures`` in a row."""
+    found = conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id, runs.c.state == RunState.RUNNING.value)
+        .values(reconcile_failures=runs.c.reconcile_failures + 1, error=error)
+        .returning(runs.c.reconcile_failures, runs.c.retries)
+    ).one_or_none()
+    if found is None:
+        return False
+    failures = found.reconcile_failures
+    retry_in = compute_backoff(failures, backoff)
+    conn.execute(
+        update(runs).where(runs.c.id == run_id).values(reconcile_after=db_now() + retry_in)
+    )
+    store._event(
+        conn,
+        run_id,
+        f"run:{found.retries}:set-aside:{failures}",
+        "run_set_aside",
+        data={"error": error, "failures": failures, "retry_in": retry_in},
+    )
+    if failures < max_failures:
+        return False
+    reason = f"reconciliation failed {failures} times in a row: {error}"
+    return fail_run(store, conn, run_id, reason)
