@@ -260,11 +260,7 @@ class Client:
         the changed tasks under the new definition (the graph's shape must be the same).
         """
         record = self.store.get_run(run_id)
-        if record.state not in FINAL_RUN_STATES:
-            raise RunControlError(
-                f"run {run_id} is still {record.state.value}: wait for it to end, or cancel "
-                "it, before retrying it"
-            )
+        # the store refuses a run that has not ended, in the transaction that retries it
         request = _retry_request(record, strategy, inputs, workflow, force, by or caller())
         done = self.store.retry_run(run_id, request)
         self.dispatcher.publish(done.dispatches)

@@ -219,15 +219,7 @@ def retry(store: Store, conn: Connection, run_id: str, request: RetryRequest) ->
     run = conn.execute(select(runs.c.graph_hash, runs.c.retries).where(runs.c.id == run_id)).one()
     if request.expect_graph_hash and run.graph_hash != request.expect_graph_hash:
         raise GraphChanged(f"run {run_id}'s definition changed while retrying it; try again")
-    rows = conn.execute(
-        select(
-            tasks.c.task_id,
-            tasks.c.state,
-            tasks.c.children,
-            tasks.c.options,
-            tasks.c.error_type,
-        ).where(tasks.c.run_id == run_id)
-    ).all()
+    rows = conn.execute(select(*TASK_VIEW_COLUMNS).where(tasks.c.run_id == run_id)).all()
     views = {row.task_id: task_view(row) for row in rows}
     plan = strategies.plan_retry(views, request.strategy, changed=request.changed)
     if plan.drop:
@@ -277,20 +269,30 @@ def retry(store: Store, conn: Connection, run_id: str, request: RetryRequest) ->
     return Controlled(True, store._claim(conn, run_id, ready), rerun=sorted(plan.rerun))
 
 
+#: the columns :func:`task_view` reads
+TASK_VIEW_COLUMNS = (
+    tasks.c.task_id,
+    tasks.c.state,
+    tasks.c.children,
+    tasks.c.options,
+    tasks.c.error_type,
+    tasks.c.finished_at,
+)
+
+
 def task_view(row: Any) -> strategies.TaskView:
-    """A stored task as the strategies see it (from whichever columns ``row`` has)."""
+    """A stored task (selected with :data:`TASK_VIEW_COLUMNS`) as the strategies see it."""
     options = codec.loads(row.options)
-    children = getattr(row, "children", None)
     return strategies.TaskView(
         task_id=row.task_id,
         state=TaskState(row.state),
-        children=tuple(codec.loads(children)) if children else (),
+        children=tuple(codec.loads(row.children)),
         on_failure=options.get("on_failure", ON_FAILURE_BLOCK),
         compensate=options.get("compensate"),
         stands_in_for=options.get("stands_in_for"),
         compensates=options.get("compensates"),
-        has_error=getattr(row, "error_type", None) is not None,
-        finished_at=getattr(row, "finished_at", None),
+        has_error=row.error_type is not None,
+        finished_at=row.finished_at,
     )
 
 

@@ -696,7 +696,7 @@ class Store:
                     tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.BLOCKED)),
                 )
                 .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
-                .returning(tasks.c.task_id, tasks.c.children, tasks.c.options)
+                .returning(tasks.c.task_id, tasks.c.children)
             ).all()
             count += len(rows)
             self._events(
@@ -771,14 +771,9 @@ class Store:
         runs whether that one succeeded or failed.
         """
         rows = conn.execute(
-            select(
-                tasks.c.task_id,
-                tasks.c.state,
-                tasks.c.params,
-                tasks.c.sources,
-                tasks.c.options,
-                tasks.c.finished_at,
-            ).where(tasks.c.run_id == run_id)
+            select(*control.TASK_VIEW_COLUMNS, tasks.c.params, tasks.c.sources).where(
+                tasks.c.run_id == run_id
+            )
         ).all()
         by_id = {row.task_id: row for row in rows}
         order = strategies.compensation_order(control.task_view(row) for row in rows)
