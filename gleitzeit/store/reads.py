@@ -53,9 +53,17 @@ def get_tasks(
     return {row.task_id: _task_record(row, by_task.get(row.task_id, [])) for row in found}
 
 
+#: the order of events at the same instant (SQLite's clock has 1 ms steps): a task's
+#: success, then what its transaction recorded (a run's end), then the attempts it queued
+_SAME_INSTANT = {"task_succeeded": 0, "task_queued": 2, "task_started": 3}
+_STORED = 1
+
+
 def get_events(conn: Connection, run_id: str) -> list[EventRecord]:
-    query = select(events).where(events.c.run_id == run_id).order_by(events.c.id)
-    return [
+    """The run's history: the events stored as such, and each attempt's progress read from
+    the dispatch ledger (queued) and the attempts' rows (started, succeeded), which the
+    hot path writes anyway, in time order."""
+    found = [
         EventRecord(
             id=row.id,
             key=row.key,
@@ -65,8 +73,50 @@ def get_events(conn: Connection, run_id: str) -> list[EventRecord]:
             data=codec.loads(row.data),
             created_at=row.created_at,
         )
-        for row in conn.execute(query)
+        for row in conn.execute(
+            select(events).where(events.c.run_id == run_id).order_by(events.c.id)
+        )
     ]
+    ledger = select(
+        dispatches.c.task_id, dispatches.c.attempt, dispatches.c.countdown, dispatches.c.created_at
+    ).where(dispatches.c.run_id == run_id)
+    for row in conn.execute(ledger):
+        data = {"countdown": row.countdown} if row.countdown else None
+        found.append(_progress(row, "queued", data, row.created_at))
+    started = select(
+        attempts.c.task_id,
+        attempts.c.attempt,
+        attempts.c.state,
+        attempts.c.worker,
+        attempts.c.started_at,
+        attempts.c.finished_at,
+    ).where(attempts.c.run_id == run_id)
+    for attempt in conn.execute(started):
+        found.append(_progress(attempt, "started", {"worker": attempt.worker}, attempt.started_at))
+        if attempt.state == TaskState.SUCCEEDED.value:
+            found.append(_progress(attempt, "succeeded", None, attempt.finished_at))
+    return sorted(
+        found,
+        key=lambda e: (
+            e.created_at,
+            _SAME_INSTANT.get(e.type, _STORED),
+            e.id or 0,
+            e.task_id or "",
+            e.attempt or 0,
+        ),
+    )
+
+
+def _progress(row: Any, what: str, data: Any, at: float) -> EventRecord:
+    return EventRecord(
+        id=None,
+        key=f"{row.task_id}:{row.attempt}:{what}",
+        type=f"task_{what}",
+        task_id=row.task_id,
+        attempt=row.attempt,
+        data=data,
+        created_at=at,
+    )
 
 
 def get_dispatches(conn: Connection, run_id: str) -> list[DispatchRecord]:

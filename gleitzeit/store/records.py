@@ -158,7 +158,14 @@ class TaskRecord:
 
 @dataclass(frozen=True)
 class EventRecord:
-    id: int
+    """One event of a run's history.
+
+    ``id`` orders the events stored as such; the progress of every attempt (``task_queued``,
+    ``task_started``, ``task_succeeded``) is read from the dispatch ledger and the attempts'
+    rows instead, and has no ``id``.
+    """
+
+    id: int | None
     key: str
     type: str
     task_id: str | None

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
-from sqlalchemy import Connection, Engine, bindparam, exists, insert, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
@@ -31,7 +31,7 @@ from gleitzeit.states import (
     task_moves,
     task_sources,
 )
-from gleitzeit.store import control, reads, recovery, sweep
+from gleitzeit.store import control, reads, recovery, statements, sweep
 from gleitzeit.store.engine import engine_for
 from gleitzeit.store.migrate import ensure_schema
 from gleitzeit.store.records import (
@@ -51,7 +51,7 @@ from gleitzeit.store.records import (
     TaskRecord,
     message_id,
 )
-from gleitzeit.store.tables import attempts, db_now, dispatches, events, on_attempt, runs, tasks
+from gleitzeit.store.tables import attempts, db_now, on_attempt, runs, tasks
 from gleitzeit.workflow import ON_FAILURE_BLOCK, ON_FAILURE_SKIP, alternative_of
 
 log = logging.getLogger(__name__)
@@ -216,22 +216,7 @@ class Store:
         """Claim the tasks of ``task_ids`` that are pending with nothing to wait on."""
         if not task_ids:
             return []
-        claimed = conn.execute(
-            update(tasks)
-            .where(
-                tasks.c.run_id == run_id,
-                tasks.c.task_id.in_(_ids(task_ids)),
-                tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.QUEUED)),
-                tasks.c.waiting_on == 0,
-            )
-            .values(
-                state=TaskState.QUEUED.value,
-                attempt=tasks.c.attempt + 1,
-                queued_at=db_now(),
-                updated_at=db_now(),
-            )
-            .returning(tasks.c.task_id, tasks.c.attempt, tasks.c.options)
-        ).all()
+        claimed = conn.execute(statements.CLAIM, {"r": run_id, "ids": _ids(task_ids)}).all()
         found = [self._dispatch(run_id, row.task_id, row.attempt, row.options) for row in claimed]
         self._write_dispatches(conn, found)
         return found
@@ -266,22 +251,9 @@ class Store:
             }
             for d in found
         ]
-        # the primary key (run, task, attempt) makes a second dispatch of an attempt fail
-        conn.execute(insert(dispatches).values(created_at=db_now()), rows)
-        self._events(
-            conn,
-            [
-                {
-                    "run_id": d.run_id,
-                    "key": f"{d.task_id}:{d.attempt}:queued",
-                    "type": "task_queued",
-                    "task_id": d.task_id,
-                    "attempt": d.attempt,
-                    "data": codec.dumps({"countdown": d.countdown}) if d.countdown else None,
-                }
-                for d in found
-            ],
-        )
+        # the primary key (run, task, attempt) makes a second dispatch of an attempt fail;
+        # the row is also the attempt's task_queued event in the history (reads.get_events)
+        conn.execute(statements.INSERT_DISPATCHES, rows)
 
     def mark_published(self, published: Sequence[Dispatch]) -> None:
         """Record in the ledger that these messages were handed to the broker."""
@@ -290,13 +262,7 @@ class Store:
 
         def work(conn: Connection) -> None:
             conn.execute(
-                update(dispatches)
-                .where(
-                    dispatches.c.run_id == bindparam("r"),
-                    dispatches.c.task_id == bindparam("t"),
-                    dispatches.c.attempt == bindparam("a"),
-                )
-                .values(published_at=db_now(), publish_count=dispatches.c.publish_count + 1),
+                statements.MARK_PUBLISHED,
                 [{"r": d.run_id, "t": d.task_id, "a": d.attempt} for d in published],
             )
 
@@ -333,18 +299,9 @@ class Store:
         worker: str | None,
         holder: Holder,
     ) -> StartedAttempt | None:
-        run_is_running = exists().where(runs.c.id == run_id, runs.c.state == RunState.RUNNING.value)
         row = conn.execute(
-            _move(run_id, task_id, attempt, TaskState.RUNNING)
-            .where(run_is_running)
-            .values(
-                started_at=db_now(),
-                lease_until=db_now() + self.lease_seconds,
-                deliveries=tasks.c.deliveries + 1,
-            )
-            .returning(
-                tasks.c.name, tasks.c.params, tasks.c.sources, tasks.c.options, tasks.c.failures
-            )
+            statements.START,
+            {"r": run_id, "t": task_id, "a": attempt, "lease": self.lease_seconds},
         ).one_or_none()
         if row is None:
             # a duplicate delivery or a superseded attempt: seen, kept in history, not run
@@ -357,8 +314,9 @@ class Store:
                 attempt,
             )
             return None
+        # the attempt's row is also its task_started event in the history
         conn.execute(
-            insert(attempts).values(started_at=db_now()),
+            statements.INSERT_ATTEMPT,
             {
                 "run_id": run_id,
                 "task_id": task_id,
@@ -369,29 +327,15 @@ class Store:
                 "pid": holder.pid,
             },
         )
-        self._event(
-            conn,
-            run_id,
-            f"{task_id}:{attempt}:started",
-            "task_started",
-            task_id,
-            attempt,
-            data={"worker": worker},
-        )
         sources = codec.loads(row.sources)
         results = {}
         skipped = set()
         if sources:
-            for found in conn.execute(
-                select(tasks.c.task_id, tasks.c.result).where(
-                    tasks.c.run_id == run_id, tasks.c.task_id.in_(sources)
-                )
-            ):
+            for found in conn.execute(statements.RESULTS, {"r": run_id, "ids": sources}):
                 if found.result is None:
                     # skipped with no alternative's result to stand in: it reads as None
                     skipped.add(found.task_id)
                 results[found.task_id] = codec.loads(found.result)
-        inputs = conn.execute(select(runs.c.inputs).where(runs.c.id == run_id)).scalar_one()
         return StartedAttempt(
             run_id=run_id,
             task_id=task_id,
@@ -399,7 +343,7 @@ class Store:
             name=row.name,
             params=codec.loads(row.params),
             options=codec.loads(row.options),
-            inputs=codec.loads(inputs),
+            inputs=codec.loads(row.inputs),
             results=results,
             failures=row.failures,
             skipped=frozenset(skipped),
@@ -415,19 +359,16 @@ class Store:
         error: ErrorInfo | None = None,
     ) -> None:
         conn.execute(
-            update(attempts)
-            .where(
-                attempts.c.run_id == run_id,
-                attempts.c.task_id == task_id,
-                attempts.c.attempt == attempt,
-            )
-            .values(
-                state=state.value,
-                finished_at=db_now(),
-                error_type=error.type if error else None,
-                error_message=error.message if error else None,
-                traceback=error.traceback if error else None,
-            )
+            statements.END_ATTEMPT,
+            {
+                "r": run_id,
+                "t": task_id,
+                "a": attempt,
+                "state": state.value,
+                "etype": error.type if error else None,
+                "emessage": error.message if error else None,
+                "etrace": error.traceback if error else None,
+            },
         )
 
     def _fenced_off(
@@ -455,16 +396,12 @@ class Store:
         self, conn: Connection, run_id: str, task_id: str, attempt: int, result: str
     ) -> Recorded:
         row = conn.execute(
-            self._finish(run_id, task_id, attempt, TaskState.SUCCEEDED)
-            .values(result=result, error_type=None, error_message=None)
-            .returning(tasks.c.children, tasks.c.options)
+            statements.SUCCEED, {"r": run_id, "t": task_id, "a": attempt, "result": result}
         ).one_or_none()
         if row is None:
             return self._fenced_off(conn, run_id, task_id, attempt, "succeeded")
+        # the attempt's row, closed, is also its task_succeeded event in the history
         self._end_attempt(conn, run_id, task_id, attempt, TaskState.SUCCEEDED)
-        self._event(
-            conn, run_id, f"{task_id}:{attempt}:succeeded", "task_succeeded", task_id, attempt
-        )
         options = codec.loads(row.options)
         unneeded = self._skip_alternative(conn, run_id, task_id, attempt, options)
         primary = options.get("stands_in_for")
@@ -515,12 +452,7 @@ class Store:
         """One parent of each child is done; claim those with none left while the run runs."""
         if not children:
             return []
-        released = conn.execute(
-            update(tasks)
-            .where(tasks.c.run_id == run_id, tasks.c.task_id.in_(children))
-            .values(waiting_on=tasks.c.waiting_on - 1)
-            .returning(tasks.c.task_id, tasks.c.waiting_on)
-        ).all()
+        released = conn.execute(statements.RELEASE, {"r": run_id, "ids": children}).all()
         if state is not RunState.RUNNING:
             return []  # paused: resume claims what is ready
         # only the decrement that reached zero may claim; a join's other parents skip it
@@ -731,14 +663,7 @@ class Store:
         """Count tasks that reached a final state. The update locks the run's row, so a
         pause or cancel is wholly before or after the claims this transaction makes next."""
         row = conn.execute(
-            update(runs)
-            .where(runs.c.id == run_id)
-            .values(
-                tasks_unfinished=runs.c.tasks_unfinished - finished,
-                tasks_failed=runs.c.tasks_failed + failed,
-                updated_at=db_now(),
-            )
-            .returning(runs.c.state, runs.c.tasks_unfinished, runs.c.tasks_failed, runs.c.retries)
+            statements.COUNT_FINISHED, {"r": run_id, "finished": finished, "failed": failed}
         ).one()
         return RunCount(RunState(row.state), row.tasks_unfinished, row.tasks_failed, row.retries)
 
@@ -971,11 +896,7 @@ class Store:
     def _events(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
         if not rows:
             return
-        dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-        conn.execute(
-            dialect.insert(events).values(created_at=db_now()).on_conflict_do_nothing(),
-            list(rows),
-        )
+        conn.execute(statements.insert_events(conn), list(rows))
 
     # -- reads ---------------------------------------------------------------------------
 
