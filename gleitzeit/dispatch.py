@@ -14,6 +14,9 @@ it guards: a broker that is down cannot make it read "healthy".
 from __future__ import annotations
 
 import logging
+import os
+import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,7 +30,7 @@ from tenacity import (
 )
 
 from gleitzeit.crashpoints import crash_point
-from gleitzeit.errors import DispatchFailure
+from gleitzeit.errors import DispatchFailure, StorageFailure
 from gleitzeit.store import Dispatch, Store
 
 log = logging.getLogger(__name__)
@@ -72,6 +75,71 @@ def message_options(dispatch: Dispatch) -> dict[str, Any]:
     return options
 
 
+#: how long a worker's published attempts may wait for a transaction to carry their marks
+LEDGER_MARK_DELAY = 0.2
+
+
+class LedgerMarks:
+    """Published attempts whose ledger rows this process has yet to mark published.
+
+    A worker marks them in its next transaction (the start of its next attempt) instead
+    of one of their own: a commit less per task. When no transaction comes within
+    ``delay`` seconds, a thread of this process marks what waits, in one transaction.
+    Until marked, an attempt looks unpublished; the reconciler publishes such an attempt
+    again only after ``republish_after`` (10 s) and only while it has not started, so
+    the wait costs nothing unless this process dies within it: then one extra message,
+    which the attempt's fence turns away.
+    """
+
+    def __init__(self, store: Store, *, delay: float = LEDGER_MARK_DELAY) -> None:
+        self.store = store
+        self.delay = delay
+        self._waiting: list[Dispatch] = []
+        self._changed = threading.Condition()
+        self._owner_pid = 0
+
+    def add(self, published: Sequence[Dispatch]) -> None:
+        if not published:
+            return
+        with self._changed:
+            self._waiting.extend(published)
+            if self._owner_pid != os.getpid():
+                # started on first use in each process: threads do not survive a fork
+                self._owner_pid = os.getpid()
+                threading.Thread(target=self._run, name="gleitzeit-ledger", daemon=True).start()
+            self._changed.notify()
+
+    def take(self) -> list[Dispatch]:
+        """What waits, for the caller's transaction to mark; give it back if that fails."""
+        with self._changed:
+            taken, self._waiting = self._waiting, []
+        return taken
+
+    def give_back(self, marks: Sequence[Dispatch]) -> None:
+        if marks:
+            with self._changed:
+                self._waiting[:0] = marks
+                self._changed.notify()
+
+    def flush(self) -> None:
+        """Mark what waits now, in a transaction of its own."""
+        marks = self.take()
+        if not marks:
+            return
+        try:
+            self.store.mark_published(marks)
+        except StorageFailure as exc:
+            log.warning("could not mark %d published attempts in the ledger: %s", len(marks), exc)
+            self.give_back(marks)
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                self._changed.wait_for(lambda: bool(self._waiting))
+            time.sleep(self.delay)  # a batch window: the next attempt's start may take them
+            self.flush()
+
+
 class Dispatcher:
     """Publishes attempts to a Celery app's broker and records them in the ledger."""
 
@@ -83,10 +151,13 @@ class Dispatcher:
         attempts: int = 5,
         breaker_reset_seconds: float = 30.0,
         breaker: pybreaker.CircuitBreaker | None = None,
+        marks: LedgerMarks | None = None,
     ) -> None:
         self.app = app
         self.store = store
         self.attempts = attempts
+        #: where published attempts wait to be marked; ``None``: marked at once
+        self.marks = marks
         self.breaker = breaker or breaker_for(
             str(app.conf.broker_url), reset_seconds=breaker_reset_seconds
         )
@@ -139,7 +210,10 @@ class Dispatcher:
         finally:
             if published:
                 crash_point("after_publish")
-            self.store.mark_published(published)
+            if self.marks is not None:
+                self.marks.add(published)
+            else:
+                self.store.mark_published(published)
         return published
 
     def publish_or_raise(self, claimed: Sequence[Dispatch]) -> None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from gleitzeit import codec, policy, refs
 from gleitzeit.crashpoints import crash_point
-from gleitzeit.dispatch import Dispatcher
+from gleitzeit.dispatch import Dispatcher, LedgerMarks
 from gleitzeit.errors import ReferenceResolutionError, ResultError, StorageFailure
 from gleitzeit.policy import Backoff
 from gleitzeit.settings import Settings
@@ -151,14 +151,22 @@ class Executor:
         self.app = app
         self.store = store
         self.settings = settings
+        self.marks = LedgerMarks(store)
         self.dispatcher = Dispatcher(
-            app, store, breaker_reset_seconds=settings.breaker_reset_seconds
+            app, store, breaker_reset_seconds=settings.breaker_reset_seconds, marks=self.marks
         )
         self.heartbeat = Heartbeat(store)
 
     def execute(self, run_id: str, task_id: str, attempt: int, *, worker: str | None) -> None:
         me = Holder(HOST, os.getpid())
-        started = self.store.start_attempt(run_id, task_id, attempt, worker=worker, holder=me)
+        marks = self.marks.take()  # what this process published last rides on this start
+        try:
+            started = self.store.start_attempt(
+                run_id, task_id, attempt, worker=worker, holder=me, published=marks
+            )
+        except BaseException:
+            self.marks.give_back(marks)
+            raise
         if started is None:
             log.info(
                 "run %s task %s attempt %d: duplicate or stale message, no work",

@@ -19,7 +19,7 @@ from celery import Celery, signals
 from celery.exceptions import Reject
 
 from gleitzeit.checks import check_app
-from gleitzeit.dispatch import EXECUTE_TASK
+from gleitzeit.dispatch import EXECUTE_TASK, Dispatcher
 from gleitzeit.errors import StorageFailure
 from gleitzeit.executor import Executor
 from gleitzeit.reconcile import Reconciler
@@ -96,7 +96,12 @@ def executor_of(app: Celery) -> Executor:
 def reconciler_of(app: Celery) -> Reconciler:
     """A reconciler over ``app``'s store, publishing through this process's executor."""
     executor = executor_of(app)
-    return Reconciler(executor.store, executor.dispatcher, executor.settings)
+    settings = executor.settings
+    # marks its publishes at once: a round's repairs are in the ledger when it returns
+    dispatcher = Dispatcher(
+        app, executor.store, breaker_reset_seconds=settings.breaker_reset_seconds
+    )
+    return Reconciler(executor.store, dispatcher, settings)
 
 
 def reconcile_schedule(settings: Settings) -> dict[str, Any]:
@@ -149,6 +154,13 @@ def _warn_about_settings(sender: Any = None, **_: Any) -> None:
         return
     for finding in check_app(app, settings_of(app)):
         log.log(finding.log_level, "gleitzeit: %s", finding)
+
+
+@signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]
+def _mark_published(**_: Any) -> None:
+    """A pool process that stops marks what it published before it goes."""
+    for executor in _executors.values():
+        executor.marks.flush()
 
 
 def create_app(settings: Settings | None = None, *, main: str = "gleitzeit") -> Celery:

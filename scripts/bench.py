@@ -126,7 +126,17 @@ CONCURRENCY = 2
 PARKED_QUEUE = "bench-parked"
 #: celery-dyrygent's tick: its retry policy draws whole seconds, at least 1
 DYRYGENT_TICK = 1
-SHAPES = ("wide", "chain", "layered", "fanin", "random", "many", "latency", "resolver")
+SHAPES = (
+    "wide",
+    "chain",
+    "layered",
+    "fanin",
+    "random500",
+    "random",
+    "many",
+    "latency",
+    "resolver",
+)
 LAYERS = 10
 MANY_FANOUT = 18
 
@@ -596,11 +606,11 @@ def plan_fanin(session: Session) -> ShapePlan:
     )
 
 
-def plan_random(session: Session) -> ShapePlan:
-    n = scaled(session.args, 5000, minimum=2)
+def plan_random(session: Session, size: int = 5000, shape: str = "random") -> ShapePlan:
+    n = scaled(session.args, size, minimum=2)
     dag = random_dag(n, random.Random(session.args.seed))
     gz = gleitzeit_runner(
-        session, "random", lambda: gz_dag_workflow("bench-random", dag), lambda r: len(r) == n
+        session, shape, lambda: gz_dag_workflow(f"bench-{shape}", dag), lambda r: len(r) == n
     )
     dyrygent = dyrygent_contender(session, dag)
     dyrygent.run = with_peak_rss(session.worker, dyrygent.run)
@@ -609,7 +619,7 @@ def plan_random(session: Session) -> ShapePlan:
         dyrygent,
         Contender(GLEITZEIT, with_peak_rss(session.worker, gz)),
     ]
-    return ShapePlan("random", n, contenders)
+    return ShapePlan(shape, n, contenders)
 
 
 def many_gleitzeit(session: Session, runs: int) -> Callable[[], Measurement]:
@@ -710,6 +720,7 @@ PLANNERS: dict[str, Callable[[Session], ShapePlan]] = {
     "chain": plan_chain,
     "layered": plan_layered,
     "fanin": plan_fanin,
+    "random500": lambda session: plan_random(session, 500, "random500"),
     "random": plan_random,
     "many": plan_many,
     "resolver": plan_resolver,

@@ -13,8 +13,10 @@ from pathlib import Path
 import pytest
 
 from gleitzeit import Client, Settings
+from gleitzeit.store import Store
+from gleitzeit.store.records import DispatchRecord
 from tests.conftest import POSTGRES_ENV
-from tests.services import CeleryBeat, CeleryWorker, RedisServer, postgres_database
+from tests.services import CeleryBeat, CeleryWorker, RedisServer, postgres_database, wait_until
 
 #: recovery settings for every process of a test: leases, timeouts and rounds of seconds
 FAST = {
@@ -27,6 +29,17 @@ FAST = {
 }
 #: how long a run may take to end once its fault is gone
 DEADLINE = 120
+
+
+def marked_ledger(store: Store, run_id: str) -> list[DispatchRecord]:
+    """The run's dispatch ledger once every row is marked published: a worker marks what
+    it published with its next transaction, or within ``LEDGER_MARK_DELAY`` seconds."""
+
+    def marked() -> list[DispatchRecord]:
+        ledger = store.get_dispatches(run_id)
+        return [] if any(row.published_at is None for row in ledger) else ledger
+
+    return wait_until(marked, timeout=30, message=f"ledger rows of run {run_id} left unmarked")
 
 
 class Cluster:

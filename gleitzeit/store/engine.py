@@ -63,7 +63,10 @@ def make_engine(url: str) -> Engine:
         )
         _configure_sqlite(engine)
         return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=5, max_overflow=10)
+    # no pre-ping (a round trip per checkout): a connection found dead by its first
+    # statement is invalidated, with the rest of the pool, and the store's transaction
+    # retries on a new one
+    return create_engine(url, pool_size=5, max_overflow=10)
 
 
 def engine_for(url: str) -> Engine:

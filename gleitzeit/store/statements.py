@@ -12,9 +12,10 @@ column-named parameter as a value to set.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BindParameter, Connection, bindparam, exists, insert, select, update
+from sqlalchemy import BindParameter, Connection, bindparam, exists, insert, or_, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gleitzeit.states import RunState, TaskState, task_moves, task_sources
@@ -26,13 +27,19 @@ _ATTEMPT: BindParameter[int] = bindparam("a")
 _IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
 
 
+def _state_in(states: Sequence[str]) -> Any:
+    """``state = 'a' OR state = 'b'``: unlike ``IN``, whose list SQLAlchemy expands anew at
+    every execution, plain parameters keep the statement's compiled form as it is."""
+    return or_(*(tasks.c.state == state for state in states))
+
+
 def _on_attempt(new: TaskState) -> tuple[Any, ...]:
     """The task is on attempt ``:a`` (the fencing token) in a state that may move to ``new``."""
     return (
         tasks.c.run_id == _RUN,
         tasks.c.task_id == _TASK,
         tasks.c.attempt == _ATTEMPT,
-        tasks.c.state.in_(task_sources(new)),
+        _state_in(task_sources(new)),
     )
 
 
@@ -42,7 +49,7 @@ CLAIM = (
     .where(
         tasks.c.run_id == _RUN,
         tasks.c.task_id.in_(_IDS),
-        tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.QUEUED)),
+        _state_in(task_moves(TaskState.PENDING, to=TaskState.QUEUED)),
         tasks.c.waiting_on == 0,
     )
     .values(

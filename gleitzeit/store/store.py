@@ -257,16 +257,8 @@ class Store:
 
     def mark_published(self, published: Sequence[Dispatch]) -> None:
         """Record in the ledger that these messages were handed to the broker."""
-        if not published:
-            return
-
-        def work(conn: Connection) -> None:
-            conn.execute(
-                statements.MARK_PUBLISHED,
-                [{"r": d.run_id, "t": d.task_id, "a": d.attempt} for d in published],
-            )
-
-        self._transaction(work)
+        if published:
+            self._transaction(lambda conn: _mark_published(conn, published))
 
     # -- a worker's attempt ---------------------------------------------------------------
 
@@ -278,17 +270,21 @@ class Store:
         *,
         worker: str | None = None,
         holder: Holder | None = None,
+        published: Sequence[Dispatch] = (),
     ) -> StartedAttempt | None:
         """Move the attempt to ``running`` if it is the one the task is on and not started.
 
         ``None`` means the message is a duplicate or stale, or its run no longer runs:
-        do no work. ``holder`` names the process that takes the attempt.
+        do no work. ``holder`` names the process that takes the attempt. ``published``:
+        attempts this process published earlier, marked so in the ledger by the same
+        transaction (see :class:`gleitzeit.dispatch.LedgerMarks`).
         """
-        return self._transaction(
-            lambda conn: self._start(
-                conn, run_id, task_id, attempt, worker, holder or Holder(None, None)
-            )
-        )
+
+        def work(conn: Connection) -> StartedAttempt | None:
+            _mark_published(conn, published)
+            return self._start(conn, run_id, task_id, attempt, worker, holder or Holder(None, None))
+
+        return self._transaction(work)
 
     def _start(
         self,
@@ -925,6 +921,14 @@ class Store:
     def get_results(self, run_id: str) -> dict[str, Any]:
         """Results of the run's succeeded tasks, by task id."""
         return self._transaction(lambda conn: reads.get_results(conn, run_id), read=True)
+
+
+def _mark_published(conn: Connection, published: Sequence[Dispatch]) -> None:
+    if published:
+        conn.execute(
+            statements.MARK_PUBLISHED,
+            [{"r": d.run_id, "t": d.task_id, "a": d.attempt} for d in published],
+        )
 
 
 def _move(run_id: str, task_id: str, attempt: int, new: TaskState) -> Any:

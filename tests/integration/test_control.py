@@ -20,7 +20,7 @@ from gleitzeit import (
     Workflow,
     WorkflowFailed,
 )
-from tests.cluster import DEADLINE, started_cluster
+from tests.cluster import DEADLINE, marked_ledger, started_cluster
 from tests.conftest import STORES
 from tests.services import wait_until
 from tests.tasks import count_marks
@@ -241,7 +241,7 @@ def test_pause_then_resume_with_a_worker_restart_between(store: str, tmp_path: P
         assert run.wait(timeout=DEADLINE) is not None
         assert [count_marks(marks, f"b{i}") for i in range(20)] == [1] * 20
         assert [count_marks(marks, f"a{i}") for i in range(2)] == [1, 1]
-        ledger = client.store.get_dispatches(run.id)
+        ledger = marked_ledger(client.store, run.id)
         assert len(ledger) == 22 and all(d.publish_count == 1 for d in ledger)
         types = [e.type for e in run.history()]
         assert types.index("run_paused") < types.index("run_resumed")

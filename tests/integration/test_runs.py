@@ -16,6 +16,7 @@ from gleitzeit import (
 )
 from gleitzeit.dispatch import EXECUTE_TASK
 from tests import tasks
+from tests.cluster import marked_ledger
 from tests.services import wait_until
 from tests.tasks import count_marks
 
@@ -26,7 +27,7 @@ WAIT = 120
 
 def assert_dispatched_once(client: Client, run_id: str) -> None:
     """Every attempt of the run has exactly one ledger row, published once."""
-    ledger = client.store.get_dispatches(run_id)
+    ledger = marked_ledger(client.store, run_id)
     attempts = {(row.task_id, row.attempt) for row in ledger}
     assert len(attempts) == len(ledger)
     assert all(row.publish_count == 1 and row.published_at is not None for row in ledger)

@@ -12,8 +12,10 @@ from sqlalchemy import event
 
 from gleitzeit import RunState, TaskState, Workflow
 from gleitzeit.client import plan_run
+from gleitzeit.dispatch import LedgerMarks
 from gleitzeit.store import ErrorInfo, Store
 from gleitzeit.store.tables import metadata
+from tests.services import wait_until
 
 
 def chain(length: int) -> Workflow:
@@ -161,7 +163,9 @@ def test_finishing_a_task_costs_the_same_in_a_small_and_a_huge_graph(
     huge = _statements_to_finish_one_task(store, statements, 10_000)
 
     assert small == huge
-    assert small <= 16
+    # start: move, attempt row, parents' results; finish: move, attempt row, run count,
+    # release, claim, ledger row; and SQLite's two BEGINs
+    assert small <= 11
 
 
 def test_an_event_recorded_twice_is_kept_once(store: Store) -> None:
@@ -175,3 +179,56 @@ def test_an_event_recorded_twice_is_kept_once(store: Store) -> None:
     assert [(e.task_id, e.attempt, e.key) for e in ignored] == [("t0", 1, "t0:1:ignored-delivery")]
     keys = [e.key for e in store.get_events(run_id)]
     assert len(keys) == len(set(keys))
+
+
+def _published(store: Store, run_id: str) -> dict[str, tuple[bool, int]]:
+    return {
+        d.task_id: (d.published_at is not None, d.publish_count)
+        for d in store.get_dispatches(run_id)
+    }
+
+
+def test_a_start_marks_what_its_process_published_before(store: Store) -> None:
+    run_id = store.create_run(plan_run(fan(2), {})).run_id
+    released = start_and_succeed(store, run_id, "start", 1, "1")
+    assert _published(store, run_id)["p0"] == (False, 0)
+
+    store.start_attempt(run_id, "p0", 1, worker="test", published=released)
+
+    assert _published(store, run_id) == {
+        "start": (False, 0),  # the caller of this test never marked the root
+        "p0": (True, 1),
+        "p1": (True, 1),
+    }
+
+
+def test_ledger_marks_left_waiting_are_marked_by_their_thread(store: Store) -> None:
+    run_id = store.create_run(plan_run(fan(3), {})).run_id
+    released = start_and_succeed(store, run_id, "start", 1, "1")
+    marks = LedgerMarks(store, delay=0.05)
+
+    marks.add(released)
+
+    wait_until(
+        lambda: _published(store, run_id)["p2"] == (True, 1),
+        timeout=30,
+        message="the waiting ledger marks were never written",
+    )
+    assert marks.take() == []
+    assert {t: p for t, p in _published(store, run_id).items() if t != "start"} == {
+        "p0": (True, 1),
+        "p1": (True, 1),
+        "p2": (True, 1),
+    }
+
+
+def test_marks_taken_by_a_failed_start_are_given_back_and_kept(store: Store) -> None:
+    run_id = store.create_run(plan_run(fan(2), {})).run_id
+    released = start_and_succeed(store, run_id, "start", 1, "1")
+    marks = LedgerMarks(store, delay=3600)  # the thread never gets to them in this test
+    marks.add(released)
+
+    taken = marks.take()
+    marks.give_back(taken)  # as the executor does when the start's transaction raises
+
+    assert marks.take() == released
