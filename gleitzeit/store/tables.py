@@ -72,7 +72,8 @@ runs = Table(
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
-    Index("ix_gz_runs_state_updated", "state", "updated_at"),
+    # not updated_at: the per-task update of the run row stays HOT on PostgreSQL (0004)
+    Index("ix_gz_runs_state", "state"),
     Index("ix_gz_runs_name_created", "name", "created_at"),
 )
 
