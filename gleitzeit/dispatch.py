@@ -32,6 +32,7 @@ from tenacity import (
 from gleitzeit.crashpoints import crash_point
 from gleitzeit.errors import DispatchFailure, StorageFailure
 from gleitzeit.store import Dispatch, Store
+from gleitzeit.store.records import Published
 
 log = logging.getLogger(__name__)
 
@@ -94,11 +95,11 @@ class LedgerMarks:
     def __init__(self, store: Store, *, delay: float = LEDGER_MARK_DELAY) -> None:
         self.store = store
         self.delay = delay
-        self._waiting: list[Dispatch] = []
+        self._waiting: list[Published] = []
         self._changed = threading.Condition()
         self._owner_pid = 0
 
-    def add(self, published: Sequence[Dispatch]) -> None:
+    def add(self, published: Sequence[Published]) -> None:
         if not published:
             return
         with self._changed:
@@ -109,13 +110,13 @@ class LedgerMarks:
                 threading.Thread(target=self._run, name="gleitzeit-ledger", daemon=True).start()
             self._changed.notify()
 
-    def take(self) -> list[Dispatch]:
+    def take(self) -> list[Published]:
         """What waits, for the caller's transaction to mark; give it back if that fails."""
         with self._changed:
             taken, self._waiting = self._waiting, []
         return taken
 
-    def give_back(self, marks: Sequence[Dispatch]) -> None:
+    def give_back(self, marks: Sequence[Published]) -> None:
         if marks:
             with self._changed:
                 self._waiting[:0] = marks
@@ -171,18 +172,18 @@ class Dispatcher:
             **message_options(dispatch),
         )
 
-    def _send_all(self, claimed: Sequence[Dispatch], published: list[Dispatch]) -> None:
+    def _send_all(self, claimed: Sequence[Dispatch], published: list[Published]) -> None:
         with self.app.producer_or_acquire() as producer:
             for dispatch in claimed[len(published) :]:
                 self._send(dispatch, producer)
-                published.append(dispatch)
+                published.append(Published(dispatch, time.monotonic()))
 
     def publish(self, claimed: Sequence[Dispatch]) -> list[Dispatch]:
         """Publish every claimed attempt; return those that reached the broker."""
         if not claimed:
             return []
         crash_point("after_claim_commit")
-        published: list[Dispatch] = []
+        published: list[Published] = []
         retrying = Retrying(
             retry=retry_if_exception_type(_TRANSIENT),
             stop=stop_after_attempt(self.attempts),
@@ -214,7 +215,7 @@ class Dispatcher:
                 self.marks.add(published)
             else:
                 self.store.mark_published(published)
-        return published
+        return [p.dispatch for p in published]
 
     def publish_or_raise(self, claimed: Sequence[Dispatch]) -> None:
         published = self.publish(claimed)

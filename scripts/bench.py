@@ -1,7 +1,7 @@
 """Benchmark: gleitzeit beside plain Celery, Celery canvas and celery-dyrygent, shape by shape.
 
     .venv/bin/python scripts/bench.py [--store sqlite|postgresql|both] [--repeat 3]
-        [--shapes wide,chain,layered,fanin,random,many,latency,resolver] [--scale 1.0]
+        [--shapes wide,chain,layered,fanin,random500,random,many,latency,resolver] [--scale 1.0]
         [--json bench-results.json] [--postgres-url URL] [--seed 42]
 
 Needs ``redis-server`` on PATH and, for the Celery-side DAG contender, ``celery-dyrygent``
@@ -49,7 +49,8 @@ Shapes and figures:
    ``/proc/<pid>/clear_refs``; "peak rss" is the sum of the per-process peaks (an upper bound of
    the simultaneous peak), in MiB. A reset peak starts at the current RSS, and Python keeps memory
    an earlier contender's run made it allocate, so "rss at start" (the sum of ``VmRSS`` at the
-   reset) is shown beside it: peak minus start is what the run itself added.
+   reset) is shown beside it: peak minus start is what the run itself added. ``random500`` is
+   the same at 500 tasks, to show that statements per task do not grow with the graph.
 6. ``many``: 100 runs of 20 tasks (start -> 18 no-ops -> join by reference) submitted back to back,
    then waited for; the time until all have ended. Reference: the same as canvas
    ``chain(start, chord(18 no-ops, join))``, 100 of them.
@@ -58,8 +59,9 @@ Shapes and figures:
    task with parents, ``gz_dispatches.published_at`` of its first attempt minus the latest
    ``gz_tasks.finished_at`` of its parents (both from the database clock; SQLite's has 1 ms
    resolution). p50, p99 and max in ms, per shape. No Celery counterpart: no ratio. A worker
-   publishes the children a task released one by one and then stamps ``published_at`` on all of
-   them in one transaction, so for a fan-out the figure includes publishing every sibling.
+   publishes the children a task released one by one, after the commit that released them, and
+   stamps each ``published_at`` with the moment it was handed to the broker (written with its
+   next transaction), so for a fan-out the figure grows along the siblings.
 8. ``resolver``: a 10,000-task random DAG (as in 5). ``gleitzeit validate``: ``wf.validate()``
    (DependencyResolver: graph, references, cycles); ``gleitzeit submit``: ``Client.submit``
    without waiting (validation again, planning, one insert transaction, publishing the root);
@@ -114,7 +116,14 @@ import gleitzeit  # noqa: E402
 from gleitzeit import Client, Workflow  # noqa: E402
 from gleitzeit.settings import Settings  # noqa: E402
 from gleitzeit.store import Store  # noqa: E402
-from gleitzeit.store.tables import attempts, dispatches, events, runs, tasks  # noqa: E402
+from gleitzeit.store.tables import (  # noqa: E402
+    attempts,
+    dispatches,
+    events,
+    run_definitions,
+    runs,
+    tasks,
+)
 from gleitzeit.worker import create_app  # noqa: E402
 from scripts import bench_tasks as bt  # noqa: E402
 from tests.services import CeleryWorker, RedisServer  # noqa: E402
@@ -872,7 +881,7 @@ def delete_runs(store: Store, run_ids: Sequence[str]) -> None:
     with store.engine.begin() as conn:
         for start in range(0, len(run_ids), chunk):
             ids = list(run_ids[start : start + chunk])
-            for table in (events, dispatches, attempts, tasks):
+            for table in (events, dispatches, attempts, tasks, run_definitions):
                 conn.execute(delete(table).where(table.c.run_id.in_(ids)))
             conn.execute(delete(runs).where(runs.c.id.in_(ids)))
 

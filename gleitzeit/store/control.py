@@ -20,7 +20,7 @@ from gleitzeit.errors import GraphChanged, RunControlError, RunNotFound
 from gleitzeit.states import FINAL_RUN_STATES, RunState, TaskState, task_moves, task_sources
 from gleitzeit.store import recovery
 from gleitzeit.store.records import Dispatch, PlannedTask, message_id
-from gleitzeit.store.tables import attempts, db_now, dispatches, runs, tasks
+from gleitzeit.store.tables import attempts, db_now, dispatches, run_definitions, runs, tasks
 from gleitzeit.workflow import ON_FAILURE_BLOCK
 
 if TYPE_CHECKING:
@@ -242,11 +242,17 @@ def retry(store: Store, conn: Connection, run_id: str, request: RetryRequest) ->
         "reconcile_after": None,
         "updated_at": db_now(),
     }
+    definition = {}
     if request.inputs is not None:
-        values["inputs"] = request.inputs
+        definition["inputs"] = request.inputs
     if request.graph is not None and request.graph_hash is not None:
-        values.update(graph=request.graph, graph_hash=request.graph_hash)
+        definition["graph"] = request.graph
+        values["graph_hash"] = request.graph_hash
     conn.execute(update(runs).where(runs.c.id == run_id).values(**values))
+    if definition:
+        conn.execute(
+            update(run_definitions).where(run_definitions.c.run_id == run_id).values(**definition)
+        )
     store._event(
         conn,
         run_id,

@@ -19,6 +19,8 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: page cache per connection, in KiB (SQLite's default, 2 MiB, holds a few thousand tasks)
+SQLITE_CACHE_KIB = 32 * 1024
 
 _engines: dict[tuple[int, str], Engine] = {}
 _lock = threading.Lock()
@@ -45,6 +47,7 @@ def _configure_sqlite(engine: Engine) -> None:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
         cursor.execute("PRAGMA synchronous = NORMAL")
+        cursor.execute(f"PRAGMA cache_size = -{SQLITE_CACHE_KIB}")
         cursor.close()
 
     @event.listens_for(engine, "begin")

@@ -16,11 +16,16 @@ from gleitzeit.store.records import (
     RunRecord,
     TaskRecord,
 )
-from gleitzeit.store.tables import attempts, dispatches, events, runs, tasks
+from gleitzeit.store.tables import attempts, dispatches, events, run_definitions, runs, tasks
+
+#: a run's row with its definition
+_RUNS = select(runs, run_definitions.c.graph, run_definitions.c.inputs).join(
+    run_definitions, run_definitions.c.run_id == runs.c.id
+)
 
 
 def get_run(conn: Connection, run_id: str) -> RunRecord:
-    row = conn.execute(select(runs).where(runs.c.id == run_id)).one_or_none()
+    row = conn.execute(_RUNS.where(runs.c.id == run_id)).one_or_none()
     if row is None:
         raise RunNotFound(run_id)
     return _run_record(row)
@@ -29,7 +34,7 @@ def get_run(conn: Connection, run_id: str) -> RunRecord:
 def list_runs(
     conn: Connection, *, status: str | None = None, name: str | None = None, limit: int = 50
 ) -> list[RunRecord]:
-    query = select(runs).order_by(runs.c.created_at.desc()).limit(limit)
+    query = _RUNS.order_by(runs.c.created_at.desc()).limit(limit)
     if status is not None:
         query = query.where(runs.c.state == RunState(status).value)
     if name is not None:

@@ -33,6 +33,13 @@ class Dispatch:
         return message_id(self.run_id, self.task_id, self.attempt)
 
 
+class Published(NamedTuple):
+    """An attempt handed to the broker, and when: ``time.monotonic()`` of its process."""
+
+    dispatch: Dispatch
+    at: float
+
+
 @dataclass(frozen=True)
 class PlannedTask:
     """A task row to insert at submit, computed from the resolved graph."""

@@ -19,7 +19,15 @@ from sqlalchemy import BindParameter, Connection, bindparam, exists, insert, or_
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gleitzeit.states import RunState, TaskState, task_moves, task_sources
-from gleitzeit.store.tables import attempts, db_now, dispatches, events, runs, tasks
+from gleitzeit.store.tables import (
+    attempts,
+    db_now,
+    dispatches,
+    events,
+    run_definitions,
+    runs,
+    tasks,
+)
 
 _RUN: BindParameter[str] = bindparam("r")
 _TASK: BindParameter[str] = bindparam("t")
@@ -71,7 +79,7 @@ MARK_PUBLISHED = (
         dispatches.c.task_id == _TASK,
         dispatches.c.attempt == _ATTEMPT,
     )
-    .values(published_at=db_now(), publish_count=dispatches.c.publish_count + 1)
+    .values(published_at=db_now() - bindparam("ago"), publish_count=dispatches.c.publish_count + 1)
 )
 
 #: the attempt starts while its run runs; returns what the worker needs to call the task
@@ -94,7 +102,10 @@ START = (
         tasks.c.sources,
         tasks.c.options,
         tasks.c.failures,
-        select(runs.c.inputs).where(runs.c.id == _RUN).scalar_subquery().label("inputs"),
+        select(run_definitions.c.inputs)
+        .where(run_definitions.c.run_id == _RUN)
+        .scalar_subquery()
+        .label("inputs"),
     )
 )
 

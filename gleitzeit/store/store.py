@@ -12,6 +12,7 @@ errors (a lost connection, SQLite busy, a PostgreSQL deadlock) are retried first
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
@@ -40,6 +41,7 @@ from gleitzeit.store.records import (
     ErrorInfo,
     EventRecord,
     Holder,
+    Published,
     Recorded,
     Repair,
     RunCount,
@@ -51,7 +53,7 @@ from gleitzeit.store.records import (
     TaskRecord,
     message_id,
 )
-from gleitzeit.store.tables import attempts, db_now, on_attempt, runs, tasks
+from gleitzeit.store.tables import attempts, db_now, on_attempt, run_definitions, runs, tasks
 from gleitzeit.workflow import ON_FAILURE_BLOCK, ON_FAILURE_SKIP, alternative_of
 
 log = logging.getLogger(__name__)
@@ -153,9 +155,7 @@ class Store:
             "name": plan.name,
             "key": plan.key,
             "state": RunState.RUNNING.value,
-            "graph": plan.graph,
             "graph_hash": plan.graph_hash,
-            "inputs": plan.inputs,
             "inputs_hash": plan.inputs_hash,
             "tasks_total": len(plan.tasks),
             "tasks_unfinished": len(plan.tasks),
@@ -172,6 +172,9 @@ class Store:
                 return self._existing_run(conn, plan)
         else:
             conn.execute(insert(runs).values(**stamped))
+        conn.execute(
+            insert(run_definitions).values(run_id=plan.run_id, graph=plan.graph, inputs=plan.inputs)
+        )
         roots = [t for t in plan.tasks if t.waiting_on == 0]
         conn.execute(
             insert(tasks).values(updated_at=db_now()),
@@ -255,8 +258,8 @@ class Store:
         # the row is also the attempt's task_queued event in the history (reads.get_events)
         conn.execute(statements.INSERT_DISPATCHES, rows)
 
-    def mark_published(self, published: Sequence[Dispatch]) -> None:
-        """Record in the ledger that these messages were handed to the broker."""
+    def mark_published(self, published: Sequence[Published]) -> None:
+        """Record in the ledger that these messages were handed to the broker, and when."""
         if published:
             self._transaction(lambda conn: _mark_published(conn, published))
 
@@ -270,7 +273,7 @@ class Store:
         *,
         worker: str | None = None,
         holder: Holder | None = None,
-        published: Sequence[Dispatch] = (),
+        published: Sequence[Published] = (),
     ) -> StartedAttempt | None:
         """Move the attempt to ``running`` if it is the one the task is on and not started.
 
@@ -923,11 +926,17 @@ class Store:
         return self._transaction(lambda conn: reads.get_results(conn, run_id), read=True)
 
 
-def _mark_published(conn: Connection, published: Sequence[Dispatch]) -> None:
+def _mark_published(conn: Connection, published: Sequence[Published]) -> None:
+    """Stamp each attempt published at the moment it was, on the database's clock: a mark
+    written later (``LedgerMarks``) still says when the message went out."""
     if published:
+        now = time.monotonic()
         conn.execute(
             statements.MARK_PUBLISHED,
-            [{"r": d.run_id, "t": d.task_id, "a": d.attempt} for d in published],
+            [
+                {"r": d.run_id, "t": d.task_id, "a": d.attempt, "ago": max(0.0, now - at)}
+                for d, at in published
+            ],
         )
 
 

@@ -56,9 +56,7 @@ runs = Table(
     Column("name", String(200), nullable=False),
     Column("key", String(255), nullable=True, unique=True),
     Column("state", String(16), nullable=False),
-    Column("graph", Text, nullable=False),
     Column("graph_hash", String(64), nullable=False),
-    Column("inputs", Text, nullable=False),
     Column("inputs_hash", String(64), nullable=False),
     Column("tasks_total", Integer, nullable=False),
     Column("tasks_unfinished", Integer, nullable=False),
@@ -75,6 +73,17 @@ runs = Table(
     # not updated_at: the per-task update of the run row stays HOT on PostgreSQL (0004)
     Index("ix_gz_runs_state", "state"),
     Index("ix_gz_runs_name_created", "name", "created_at"),
+)
+
+#: what a run was submitted with, written at submit and by a retry that changes it: kept
+#: out of gz_runs, whose row every finished task updates, because SQLite rewrites a whole
+#: row on update, however large its graph (migration 0005)
+run_definitions = Table(
+    "gz_run_definitions",
+    metadata,
+    Column("run_id", String(36), primary_key=True),
+    Column("graph", Text, nullable=False),
+    Column("inputs", Text, nullable=False),
 )
 
 tasks = Table(

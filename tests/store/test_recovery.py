@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections import Counter
 
 import pytest
@@ -12,7 +13,7 @@ from gleitzeit import RunState, TaskState, Workflow
 from gleitzeit.client import plan_run
 from gleitzeit.policy import Backoff
 from gleitzeit.store import ErrorInfo, Store
-from gleitzeit.store.records import Dispatch, Holder, Repair, StuckRun
+from gleitzeit.store.records import Dispatch, Holder, Published, Repair, StuckRun
 from gleitzeit.store.tables import dispatches, runs, tasks
 
 NOW = {"republish_after": 0.0, "dispatch_timeout": 0.0, "stall_timeout": 3600.0}
@@ -67,7 +68,7 @@ def test_a_claim_left_unpublished_is_published_again_by_one_reconciler(store: St
 
 def test_a_published_attempt_that_never_started_gets_a_new_attempt(store: Store) -> None:
     run_id = submit(store)
-    store.mark_published([Dispatch(run_id, "first", 1)])
+    store.mark_published([Published(Dispatch(run_id, "first", 1), time.monotonic())])
 
     stuck = stuck_run(store, run_id, dispatch_timeout=0.0)
     assert stuck is not None and stuck.unstarted == [("first", 1)]

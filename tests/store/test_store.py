@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -13,7 +14,8 @@ from sqlalchemy import event
 from gleitzeit import RunState, TaskState, Workflow
 from gleitzeit.client import plan_run
 from gleitzeit.dispatch import LedgerMarks
-from gleitzeit.store import ErrorInfo, Store
+from gleitzeit.store import Dispatch, ErrorInfo, Store
+from gleitzeit.store.records import Published
 from gleitzeit.store.tables import metadata
 from tests.services import wait_until
 
@@ -188,18 +190,26 @@ def _published(store: Store, run_id: str) -> dict[str, tuple[bool, int]]:
     }
 
 
-def test_a_start_marks_what_its_process_published_before(store: Store) -> None:
+def published_now(dispatches: list[Dispatch], ago: float = 0.0) -> list[Published]:
+    return [Published(d, time.monotonic() - ago) for d in dispatches]
+
+
+def test_a_start_marks_what_its_process_published_before_with_when(store: Store) -> None:
     run_id = store.create_run(plan_run(fan(2), {})).run_id
     released = start_and_succeed(store, run_id, "start", 1, "1")
     assert _published(store, run_id)["p0"] == (False, 0)
 
-    store.start_attempt(run_id, "p0", 1, worker="test", published=released)
+    store.start_attempt(run_id, "p0", 1, worker="test", published=published_now(released, 5.0))
 
     assert _published(store, run_id) == {
         "start": (False, 0),  # the caller of this test never marked the root
         "p0": (True, 1),
         "p1": (True, 1),
     }
+    # the ledger says when the message went out, not when the mark was written
+    started = store.get_tasks(run_id)["p0"].attempts[0].started_at
+    published_at = {d.task_id: d.published_at for d in store.get_dispatches(run_id)}
+    assert published_at["p0"] == pytest.approx(started - 5.0, abs=1.0)
 
 
 def test_ledger_marks_left_waiting_are_marked_by_their_thread(store: Store) -> None:
@@ -207,7 +217,7 @@ def test_ledger_marks_left_waiting_are_marked_by_their_thread(store: Store) -> N
     released = start_and_succeed(store, run_id, "start", 1, "1")
     marks = LedgerMarks(store, delay=0.05)
 
-    marks.add(released)
+    marks.add(published_now(released))
 
     wait_until(
         lambda: _published(store, run_id)["p2"] == (True, 1),
@@ -226,9 +236,9 @@ def test_marks_taken_by_a_failed_start_are_given_back_and_kept(store: Store) -> 
     run_id = store.create_run(plan_run(fan(2), {})).run_id
     released = start_and_succeed(store, run_id, "start", 1, "1")
     marks = LedgerMarks(store, delay=3600)  # the thread never gets to them in this test
-    marks.add(released)
+    marks.add(published_now(released))
 
     taken = marks.take()
     marks.give_back(taken)  # as the executor does when the start's transaction raises
 
-    assert marks.take() == released
+    assert [p.dispatch for p in marks.take()] == released
