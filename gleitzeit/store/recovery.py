@@ -16,7 +16,7 @@ from gleitzeit.policy import Backoff, compute_backoff
 from gleitzeit.states import FINAL_TASK_STATES, RunState, TaskState, run_sources, task_moves
 from gleitzeit.store import sweep
 from gleitzeit.store.records import Dispatch, ErrorInfo, Recorded, Repair, RunCount, StuckRun
-from gleitzeit.store.tables import db_now, dispatches, on_attempt, runs, tasks
+from gleitzeit.store.tables import attempt_key, db_now, dispatches, on_attempt, runs, tasks
 
 if TYPE_CHECKING:
     from gleitzeit.store.store import Store
@@ -161,9 +161,7 @@ def claim_unpublished(
         row = conn.execute(
             update(dispatches)
             .where(
-                dispatches.c.run_id == stuck.run_id,
-                dispatches.c.task_id == task_id,
-                dispatches.c.attempt == attempt,
+                *attempt_key(dispatches, stuck.run_id, task_id, attempt),
                 dispatches.c.published_at.is_(None),
                 func.coalesce(dispatches.c.claimed_at, dispatches.c.created_at)
                 < db_now() - republish_after,

@@ -12,20 +12,22 @@ column-named parameter as a value to set.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BindParameter, Connection, bindparam, exists, insert, or_, select, update
+from sqlalchemy import BindParameter, Connection, bindparam, exists, insert, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gleitzeit.states import RunState, TaskState, task_moves, task_sources
 from gleitzeit.store.tables import (
+    attempt_key,
     attempts,
     db_now,
     dispatches,
     events,
+    on_attempt,
     run_definitions,
     runs,
+    state_in,
     tasks,
 )
 
@@ -35,20 +37,9 @@ _ATTEMPT: BindParameter[int] = bindparam("a")
 _IDS: BindParameter[list[str]] = bindparam("ids", expanding=True)
 
 
-def _state_in(states: Sequence[str]) -> Any:
-    """``state = 'a' OR state = 'b'``: unlike ``IN``, whose list SQLAlchemy expands anew at
-    every execution, plain parameters keep the statement's compiled form as it is."""
-    return or_(*(tasks.c.state == state for state in states))
-
-
-def _on_attempt(new: TaskState) -> tuple[Any, ...]:
+def _on_attempt(new: TaskState) -> list[Any]:
     """The task is on attempt ``:a`` (the fencing token) in a state that may move to ``new``."""
-    return (
-        tasks.c.run_id == _RUN,
-        tasks.c.task_id == _TASK,
-        tasks.c.attempt == _ATTEMPT,
-        _state_in(task_sources(new)),
-    )
+    return on_attempt(_RUN, _TASK, _ATTEMPT, task_sources(new))
 
 
 #: pending tasks of ``ids`` with nothing left to wait on become queued on a new attempt
@@ -57,7 +48,7 @@ CLAIM = (
     .where(
         tasks.c.run_id == _RUN,
         tasks.c.task_id.in_(_IDS),
-        _state_in(task_moves(TaskState.PENDING, to=TaskState.QUEUED)),
+        state_in(task_moves(TaskState.PENDING, to=TaskState.QUEUED)),
         tasks.c.waiting_on == 0,
     )
     .values(
@@ -74,11 +65,7 @@ INSERT_DISPATCHES = insert(dispatches).values(created_at=db_now())
 
 MARK_PUBLISHED = (
     update(dispatches)
-    .where(
-        dispatches.c.run_id == _RUN,
-        dispatches.c.task_id == _TASK,
-        dispatches.c.attempt == _ATTEMPT,
-    )
+    .where(*attempt_key(dispatches, _RUN, _TASK, _ATTEMPT))
     .values(published_at=db_now() - bindparam("ago"), publish_count=dispatches.c.publish_count + 1)
 )
 
@@ -132,11 +119,7 @@ SUCCEED = (
 
 END_ATTEMPT = (
     update(attempts)
-    .where(
-        attempts.c.run_id == _RUN,
-        attempts.c.task_id == _TASK,
-        attempts.c.attempt == _ATTEMPT,
-    )
+    .where(*attempt_key(attempts, _RUN, _TASK, _ATTEMPT))
     .values(
         state=bindparam("state"),
         finished_at=db_now(),

@@ -53,7 +53,15 @@ from gleitzeit.store.records import (
     TaskRecord,
     message_id,
 )
-from gleitzeit.store.tables import attempts, db_now, on_attempt, run_definitions, runs, tasks
+from gleitzeit.store.tables import (
+    attempt_key,
+    attempts,
+    db_now,
+    on_attempt,
+    run_definitions,
+    runs,
+    tasks,
+)
 from gleitzeit.workflow import ON_FAILURE_BLOCK, ON_FAILURE_SKIP, alternative_of
 
 log = logging.getLogger(__name__)
@@ -759,9 +767,7 @@ class Store:
                     & (tasks.c.attempt == attempts.c.attempt),
                 )
                 .where(
-                    attempts.c.run_id == run_id,
-                    attempts.c.task_id == task_id,
-                    attempts.c.attempt == attempt,
+                    *attempt_key(attempts, run_id, task_id, attempt),
                     tasks.c.state == TaskState.RUNNING.value,
                 )
             ).one_or_none()

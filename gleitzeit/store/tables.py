@@ -22,6 +22,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    or_,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
@@ -176,11 +177,17 @@ events = Table(
 )
 
 
-def on_attempt(run_id: str, task_id: str, attempt: int, states: Sequence[str]) -> list[Any]:
+def state_in(states: Sequence[str]) -> Any:
+    """``state = 'a' OR state = 'b'``: unlike ``IN``, whose list SQLAlchemy expands anew at
+    every execution, plain parameters keep a statement's compiled form as it is."""
+    return or_(*(tasks.c.state == state for state in states))
+
+
+def attempt_key(table: Table, run_id: Any, task_id: Any, attempt: Any) -> list[Any]:
+    """``WHERE`` clauses naming one attempt in ``table`` (values or bound parameters)."""
+    return [table.c.run_id == run_id, table.c.task_id == task_id, table.c.attempt == attempt]
+
+
+def on_attempt(run_id: Any, task_id: Any, attempt: Any, states: Sequence[str]) -> list[Any]:
     """``WHERE`` clauses: the task is on ``attempt`` (the fencing token) in one of ``states``."""
-    return [
-        tasks.c.run_id == run_id,
-        tasks.c.task_id == task_id,
-        tasks.c.attempt == attempt,
-        tasks.c.state.in_(states),
-    ]
+    return [*attempt_key(tasks, run_id, task_id, attempt), state_in(states)]
