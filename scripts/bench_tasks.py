@@ -8,8 +8,9 @@ by calling the decorators (not with ``@``) so that they keep their types for myp
 
 With ``BENCH_COUNT_SQL=1`` in the worker's environment, every SQL statement and every commit of
 any SQLAlchemy engine in the worker's processes is counted (a ``before_cursor_execute`` and a
-``commit`` listener on the ``Engine`` class), into counters in shared memory that the prefork
-children inherit; the plain task ``bench.sql_count`` returns their totals.
+``commit`` listener on the ``Engine`` class; a statement run in autocommit counts as a commit
+too), into counters in shared memory that the prefork children inherit; the plain task
+``bench.sql_count`` returns their totals.
 """
 
 from __future__ import annotations
@@ -98,13 +99,15 @@ class SqlCounter:
         event.listen(Engine, "before_cursor_execute", self._on_statement)
         event.listen(Engine, "commit", self._on_commit)
 
-    def _on_statement(self, _conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+    def _on_statement(self, conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         # SQLite's explicit "BEGIN IMMEDIATE" is a statement; PostgreSQL's implicit BEGIN is
         # not. Leaving it out keeps the two stores comparable.
         if statement.startswith("BEGIN"):
             return
         with self.statements.get_lock():
             self.statements.value += 1
+        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
+            self._on_commit(conn)  # a statement in autocommit is a transaction of its own
 
     def _on_commit(self, _conn: Any) -> None:
         with self.commits.get_lock():

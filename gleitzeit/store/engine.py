@@ -69,7 +69,17 @@ def make_engine(url: str) -> Engine:
     # no pre-ping (a round trip per checkout): a connection found dead by its first
     # statement is invalidated, with the rest of the pool, and the store's transaction
     # retries on a new one
-    return create_engine(url, pool_size=5, max_overflow=10)
+    return create_engine(url, pool_size=5, max_overflow=10, connect_args=_postgres_options(url))
+
+
+def _postgres_options(url: str) -> dict[str, Any]:
+    """Generic plans for prepared statements. psycopg prepares a statement from its fifth
+    execution; gleitzeit's are lookups by key, whose plan does not depend on the values,
+    and PostgreSQL would otherwise keep planning its larger statements (``PG_START``)
+    anew at each execution, at more than the cost of running them."""
+    given = make_url(url).query.get("options", "")
+    given = given if isinstance(given, str) else " ".join(given)
+    return {"options": f"{given} -c plan_cache_mode=force_generic_plan".strip()}
 
 
 def engine_for(url: str) -> Engine:

@@ -15,6 +15,7 @@ from gleitzeit.store.records import (
     EventRecord,
     RunRecord,
     TaskRecord,
+    message_id,
 )
 from gleitzeit.store.tables import attempts, dispatches, events, run_definitions, runs, tasks
 
@@ -135,7 +136,7 @@ def get_dispatches(conn: Connection, run_id: str) -> list[DispatchRecord]:
         DispatchRecord(
             task_id=row.task_id,
             attempt=row.attempt,
-            message_id=row.message_id,
+            message_id=message_id(run_id, row.task_id, row.attempt),
             queue=row.queue,
             countdown=row.countdown,
             created_at=row.created_at,

@@ -12,9 +12,19 @@ column-named parameter as a value to set.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import BindParameter, Connection, bindparam, exists, insert, select, update
+from sqlalchemy import (
+    BindParameter,
+    Connection,
+    bindparam,
+    exists,
+    insert,
+    select,
+    text,
+    update,
+)
 from sqlalchemy.dialects import postgresql, sqlite
 
 from gleitzeit.states import RunState, TaskState, task_moves, task_sources
@@ -158,3 +168,114 @@ _INSERT_EVENTS = {
 def insert_events(conn: Connection) -> Any:
     """History rows, each recorded once: a second insert of a key is a no-op."""
     return _INSERT_EVENTS[conn.dialect.name]
+
+
+# -- PostgreSQL: a task's start and its success, each in one statement -------------------
+#
+# The statements above are one round trip each, and a task's progress takes ten of them
+# in two transactions: on PostgreSQL over TCP the round trips, not the work, cost the
+# most. There, data-modifying CTEs do the same work in one statement per transaction,
+# run in autocommit (a single statement is its own transaction). Where one of them finds
+# anything but the common case (a stale message, a run's last task, an alternative or a
+# stand-in), it changes nothing and returns no row, and the store runs the general path
+# above in a transaction of its own. SQLite has no data-modifying CTEs.
+#
+# Sub-statements of one statement share a snapshot; each one that must see the others'
+# locks reads through a CTE that took them (``fenced`` locks the task's row before the
+# run's row is counted, the order of the general path), and ``UPDATE`` re-reads a row
+# that changed since the snapshot before it writes it (READ COMMITTED).
+
+_NOW = "extract(epoch from clock_timestamp())::float8"
+
+
+def _state_in(column: str, states: Sequence[str]) -> str:
+    """The SQL text of ``column`` being one of ``states`` (values of the state enums)."""
+    return "(" + " OR ".join(f"{column} = '{state}'" for state in states) + ")"
+
+
+#: marks the published attempts ``:mr/:mt/:ma`` (arrays) ``:mago`` seconds ago, starts the
+#: attempt; returns what the worker needs to call the task, with its parents' results
+PG_START = text(
+    f"""
+WITH marked AS (
+    UPDATE gz_dispatches d
+    SET published_at = {_NOW} - m.ago, publish_count = d.publish_count + 1
+    FROM unnest(CAST(:mr AS text[]), CAST(:mt AS text[]), CAST(:ma AS int[]),
+                CAST(:mago AS float8[])) AS m(r, t, a, ago)
+    WHERE d.run_id = m.r AND d.task_id = m.t AND d.attempt = m.a
+), started AS (
+    UPDATE gz_tasks
+    SET state = '{TaskState.RUNNING.value}', started_at = {_NOW},
+        lease_until = {_NOW} + :lease, deliveries = deliveries + 1, updated_at = {_NOW}
+    WHERE run_id = :r AND task_id = :t AND attempt = :a
+        AND {_state_in("state", task_sources(TaskState.RUNNING))}
+        AND EXISTS (SELECT FROM gz_runs WHERE id = :r AND state = '{RunState.RUNNING.value}')
+    RETURNING name, params, sources, options, failures
+), attempt_row AS (
+    INSERT INTO gz_attempts (run_id, task_id, attempt, state, worker, host, pid, started_at)
+    SELECT :r, :t, :a, '{TaskState.RUNNING.value}', :worker, :host, :pid, {_NOW} FROM started
+)
+SELECT started.*,
+    (SELECT inputs FROM gz_run_definitions WHERE run_id = :r) AS inputs,
+    (SELECT json_object_agg(p.task_id, p.result) FROM gz_tasks p
+     WHERE p.run_id = :r
+        AND p.task_id = ANY(ARRAY(SELECT json_array_elements_text(started.sources::json)))
+    ) AS results
+FROM started
+"""
+)
+
+# a child of the task becomes ready: its last parent is done and the run runs
+_CLAIMABLE = task_moves(TaskState.PENDING, to=TaskState.QUEUED)
+_READY = (
+    f"c.waiting_on = 1 AND {_state_in('c.state', _CLAIMABLE)}"
+    f" AND (SELECT state FROM counted) = '{RunState.RUNNING.value}'"
+)
+
+#: records the attempt's success, counts it, releases its children and claims (with their
+#: ledger rows) those now ready; no row when the general path must do it
+PG_SUCCEED = text(
+    f"""
+WITH fenced AS (
+    SELECT FROM gz_tasks
+    WHERE run_id = :r AND task_id = :t AND attempt = :a
+        AND {_state_in("state", task_sources(TaskState.SUCCEEDED))}
+        AND options::json ->> 'stands_in_for' IS NULL
+        AND coalesce(options::json ->> 'on_failure', '') NOT LIKE 'alternative:%'
+    FOR UPDATE
+), counted AS (
+    UPDATE gz_runs SET tasks_unfinished = tasks_unfinished - 1, updated_at = {_NOW}
+    WHERE id = :r AND tasks_unfinished > 1 AND EXISTS (SELECT FROM fenced)
+    RETURNING state
+), succeeded AS (
+    UPDATE gz_tasks
+    SET state = '{TaskState.SUCCEEDED.value}', result = :result, error_type = NULL,
+        error_message = NULL, finished_at = {_NOW}, updated_at = {_NOW}
+    WHERE run_id = :r AND task_id = :t AND attempt = :a AND EXISTS (SELECT FROM counted)
+    RETURNING children
+), ended AS (
+    UPDATE gz_attempts SET state = '{TaskState.SUCCEEDED.value}', finished_at = {_NOW}
+    WHERE run_id = :r AND task_id = :t AND attempt = :a AND EXISTS (SELECT FROM counted)
+), released AS (
+    UPDATE gz_tasks c
+    SET waiting_on = c.waiting_on - 1,
+        state = CASE WHEN {_READY} THEN '{TaskState.QUEUED.value}' ELSE c.state END,
+        attempt = CASE WHEN {_READY} THEN c.attempt + 1 ELSE c.attempt END,
+        queued_at = CASE WHEN {_READY} THEN {_NOW} ELSE c.queued_at END,
+        updated_at = CASE WHEN {_READY} THEN {_NOW} ELSE c.updated_at END
+    WHERE c.run_id = :r
+        AND c.task_id = ANY(ARRAY(SELECT json_array_elements_text(children::json) FROM succeeded))
+    RETURNING c.task_id, c.attempt, c.options, c.state, c.waiting_on
+), claimed AS (
+    -- only the decrement that reached zero claims (a task is queued only at zero)
+    SELECT task_id, attempt, options FROM released
+    WHERE waiting_on = 0 AND state = '{TaskState.QUEUED.value}'
+), ledger AS (
+    INSERT INTO gz_dispatches (run_id, task_id, attempt, queue, countdown, publish_count,
+                               created_at)
+    SELECT :r, task_id, attempt, options::json ->> 'queue', 0, 0, {_NOW} FROM claimed
+)
+SELECT claimed.task_id, claimed.attempt, claimed.options
+FROM counted LEFT JOIN claimed ON true
+"""
+)

@@ -96,6 +96,8 @@ class Store:
         self.engine = engine
         self.lease_seconds = lease_seconds
         self.retry_seconds = retry_seconds
+        #: a task's start and success each as one statement (see ``statements.PG_START``)
+        self.one_statement_progress = engine.dialect.name == "postgresql"
 
     @classmethod
     def open(
@@ -132,7 +134,14 @@ class Store:
 
     # -- transactions --------------------------------------------------------------------
 
-    def _transaction(self, work: Callable[[Connection], T], *, read: bool = False) -> T:
+    def _transaction(
+        self, work: Callable[[Connection], T], *, read: bool = False, autocommit: bool = False
+    ) -> T:
+        """Run ``work`` in one transaction, retried while the database is unreachable or busy.
+
+        ``autocommit``: ``work`` runs a single statement, which is its own transaction
+        (one round trip, no ``BEGIN``/``COMMIT``).
+        """
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_delay(self.retry_seconds),
@@ -142,6 +151,8 @@ class Store:
         try:
             for attempt in retrying:
                 with attempt, self.engine.connect() as conn:
+                    if autocommit:
+                        return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
                     if read:
                         conn = conn.execution_options(gz_read=True)
                     with conn.begin():
@@ -255,7 +266,6 @@ class Store:
                 "run_id": d.run_id,
                 "task_id": d.task_id,
                 "attempt": d.attempt,
-                "message_id": d.message_id,
                 "queue": d.queue,
                 "countdown": d.countdown,
                 "publish_count": 0,
@@ -291,11 +301,54 @@ class Store:
         transaction (see :class:`gleitzeit.dispatch.LedgerMarks`).
         """
 
+        holder = holder or Holder(None, None)
+        if self.one_statement_progress:
+            started = self._transaction(
+                lambda conn: self._start_in_one(
+                    conn, run_id, task_id, attempt, worker, holder, published
+                ),
+                autocommit=True,
+            )
+            if started is not None:
+                return started
+            published = ()  # marked by that statement, which did nothing else
+
         def work(conn: Connection) -> StartedAttempt | None:
             _mark_published(conn, published)
-            return self._start(conn, run_id, task_id, attempt, worker, holder or Holder(None, None))
+            return self._start(conn, run_id, task_id, attempt, worker, holder)
 
         return self._transaction(work)
+
+    def _start_in_one(
+        self,
+        conn: Connection,
+        run_id: str,
+        task_id: str,
+        attempt: int,
+        worker: str | None,
+        holder: Holder,
+        published: Sequence[Published],
+    ) -> StartedAttempt | None:
+        now = time.monotonic()
+        row = conn.execute(
+            statements.PG_START,
+            {
+                "mr": [p.dispatch.run_id for p in published],
+                "mt": [p.dispatch.task_id for p in published],
+                "ma": [p.dispatch.attempt for p in published],
+                "mago": [max(0.0, now - p.at) for p in published],
+                "r": run_id,
+                "t": task_id,
+                "a": attempt,
+                "lease": self.lease_seconds,
+                "worker": worker,
+                "host": holder.host,
+                "pid": holder.pid,
+            },
+        ).one_or_none()
+        if row is None:
+            return None
+        return _started(run_id, task_id, attempt, row, (row.results or {}).items())
 
     def _start(
         self,
@@ -335,26 +388,8 @@ class Store:
             },
         )
         sources = codec.loads(row.sources)
-        results = {}
-        skipped = set()
-        if sources:
-            for found in conn.execute(statements.RESULTS, {"r": run_id, "ids": sources}):
-                if found.result is None:
-                    # skipped with no alternative's result to stand in: it reads as None
-                    skipped.add(found.task_id)
-                results[found.task_id] = codec.loads(found.result)
-        return StartedAttempt(
-            run_id=run_id,
-            task_id=task_id,
-            attempt=attempt,
-            name=row.name,
-            params=codec.loads(row.params),
-            options=codec.loads(row.options),
-            inputs=codec.loads(row.inputs),
-            results=results,
-            failures=row.failures,
-            skipped=frozenset(skipped),
-        )
+        found = conn.execute(statements.RESULTS, {"r": run_id, "ids": sources}) if sources else ()
+        return _started(run_id, task_id, attempt, row, found)
 
     def _end_attempt(
         self,
@@ -395,9 +430,31 @@ class Store:
 
     def record_success(self, run_id: str, task_id: str, attempt: int, result: str) -> Recorded:
         """Store the attempt's result, release its children; claim those now ready."""
+        if self.one_statement_progress:
+            recorded = self._transaction(
+                lambda conn: self._succeed_in_one(conn, run_id, task_id, attempt, result),
+                autocommit=True,
+            )
+            if recorded is not None:
+                return recorded
         return self._transaction(
             lambda conn: self._record_success(conn, run_id, task_id, attempt, result)
         )
+
+    def _succeed_in_one(
+        self, conn: Connection, run_id: str, task_id: str, attempt: int, result: str
+    ) -> Recorded | None:
+        rows = conn.execute(
+            statements.PG_SUCCEED, {"r": run_id, "t": task_id, "a": attempt, "result": result}
+        ).all()
+        if not rows:
+            return None  # not the common case: nothing was changed
+        claimed = [
+            self._dispatch(run_id, row.task_id, row.attempt, row.options)
+            for row in rows
+            if row.task_id is not None
+        ]
+        return Recorded(True, claimed)
 
     def _record_success(
         self, conn: Connection, run_id: str, task_id: str, attempt: int, result: str
@@ -930,6 +987,32 @@ class Store:
     def get_results(self, run_id: str) -> dict[str, Any]:
         """Results of the run's succeeded tasks, by task id."""
         return self._transaction(lambda conn: reads.get_results(conn, run_id), read=True)
+
+
+def _started(
+    run_id: str, task_id: str, attempt: int, row: Any, parents: Iterable[tuple[str, str | None]]
+) -> StartedAttempt:
+    """The started attempt of ``row`` (its task's columns and run's inputs), with the
+    stored results of its parents as ``(task id, result)``."""
+    results = {}
+    skipped = set()
+    for parent, result in parents:
+        if result is None:
+            # skipped with no alternative's result to stand in: it reads as None
+            skipped.add(parent)
+        results[parent] = codec.loads(result)
+    return StartedAttempt(
+        run_id=run_id,
+        task_id=task_id,
+        attempt=attempt,
+        name=row.name,
+        params=codec.loads(row.params),
+        options=codec.loads(row.options),
+        inputs=codec.loads(row.inputs),
+        results=results,
+        failures=row.failures,
+        skipped=frozenset(skipped),
+    )
 
 
 def _mark_published(conn: Connection, published: Sequence[Published]) -> None:

@@ -149,7 +149,6 @@ dispatches = Table(
     Column("run_id", String(36), primary_key=True),
     Column("task_id", String(200), primary_key=True),
     Column("attempt", Integer, primary_key=True),
-    Column("message_id", String(36), nullable=False, unique=True),
     Column("queue", String(255), nullable=True),
     Column("countdown", Float, nullable=False, default=0.0),
     Column("created_at", Float, nullable=False),
