@@ -136,6 +136,8 @@ class Heartbeat:
             return
         if not renewed:
             with self._lock:
+                if attempt not in self._held:
+                    return  # its outcome was recorded meanwhile
                 self._held.discard(attempt)
             log.warning(
                 "run %s task %s attempt %d was given up on while running; "
@@ -177,14 +179,16 @@ class Executor:
             self._recover_if_holder_gone(run_id, task_id, attempt)
             return
         crash_point("after_start_commit")
+        # the lease is the attempt's until its outcome is recorded: a record that waits
+        # for a lock (a migration holding a table) is not a lost worker
         with self.heartbeat.hold((run_id, task_id, attempt)):
             outcome = self._run(started)
-        if isinstance(outcome, Failure):
-            recorded = self.store.record_failure(
-                run_id, task_id, attempt, outcome.error, retry_in=outcome.retry_in
-            )
-        else:
-            recorded = self.store.record_success(run_id, task_id, attempt, outcome)
+            if isinstance(outcome, Failure):
+                recorded = self.store.record_failure(
+                    run_id, task_id, attempt, outcome.error, retry_in=outcome.retry_in
+                )
+            else:
+                recorded = self.store.record_success(run_id, task_id, attempt, outcome)
         self.dispatcher.publish(recorded.dispatches)
 
     def _recover_if_holder_gone(self, run_id: str, task_id: str, attempt: int) -> None:

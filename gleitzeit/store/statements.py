@@ -203,13 +203,17 @@ WITH marked AS (
     FROM unnest(CAST(:mr AS text[]), CAST(:mt AS text[]), CAST(:ma AS int[]),
                 CAST(:mago AS float8[])) AS m(r, t, a, ago)
     WHERE d.run_id = m.r AND d.task_id = m.t AND d.attempt = m.a
+    RETURNING 1
 ), started AS (
+    -- after the marks (reading ``marked`` makes it run first): a mark that waits for a
+    -- lock must not hold the attempt's lease, which starts here, in the past
     UPDATE gz_tasks
     SET state = '{TaskState.RUNNING.value}', started_at = {_NOW},
         lease_until = {_NOW} + :lease, deliveries = deliveries + 1, updated_at = {_NOW}
     WHERE run_id = :r AND task_id = :t AND attempt = :a
         AND {_state_in("state", task_sources(TaskState.RUNNING))}
         AND EXISTS (SELECT FROM gz_runs WHERE id = :r AND state = '{RunState.RUNNING.value}')
+        AND (SELECT count(*) FROM marked) >= 0
     RETURNING name, params, sources, options, failures
 ), attempt_row AS (
     INSERT INTO gz_attempts (run_id, task_id, attempt, state, worker, host, pid, started_at)
