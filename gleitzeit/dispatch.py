@@ -169,6 +169,11 @@ class Dispatcher:
             args=(dispatch.run_id, dispatch.task_id, dispatch.attempt),
             producer=producer,
             retry=False,
+            # the outcome is in the store: no result backend subscription per message
+            # (a Redis backend subscribes to each sent task's result otherwise), and no
+            # trail of AsyncResults on the task that publishes a fan-out
+            ignore_result=True,
+            add_to_parent=False,
             **message_options(dispatch),
         )
 

@@ -12,13 +12,18 @@ the parent's sockets), which is what Celery's prefork pool needs.
 from __future__ import annotations
 
 import os
+import sqlite3
 import threading
+import time
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import OperationalError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
+#: first and longest pause, in seconds, between tries to take SQLite's write lock
+SQLITE_WRITE_LOCK_PAUSES = (0.0001, 0.002)
 #: page cache per connection, in KiB (SQLite's default, 2 MiB, holds a few thousand tasks)
 SQLITE_CACHE_KIB = 32 * 1024
 
@@ -52,8 +57,47 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _on_begin(conn: Connection) -> None:
-        read_only = conn.get_execution_options().get("gz_read", False)
-        conn.exec_driver_sql("BEGIN" if read_only else "BEGIN IMMEDIATE")
+        if conn.get_execution_options().get("gz_read", False):
+            conn.exec_driver_sql("BEGIN")
+        else:
+            begin_immediate(conn.connection.dbapi_connection)
+
+
+def begin_immediate(
+    dbapi_connection: Any, *, timeout: float = SQLITE_BUSY_TIMEOUT_MS / 1000
+) -> None:
+    """``BEGIN IMMEDIATE``, waiting for the write lock in short pauses.
+
+    SQLite's own busy handler sleeps 1, 2, 5, 10 ms and more between tries: long beside
+    one of gleitzeit's write transactions (a quarter of a millisecond), so with a few
+    worker processes each one spent more time asleep than waiting. Here the pauses start
+    at 0.1 ms and double up to 2 ms, for ``timeout`` seconds; then SQLAlchemy's
+    ``OperationalError``, which the store retries as it does any busy database.
+    """
+    deadline = time.monotonic() + timeout
+    pause = SQLITE_WRITE_LOCK_PAUSES[0]
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute("PRAGMA busy_timeout = 0")
+        while True:
+            try:
+                cursor.execute("BEGIN IMMEDIATE")
+                return
+            except sqlite3.OperationalError as exc:
+                if not _is_busy(exc) or time.monotonic() >= deadline:
+                    raise OperationalError("BEGIN IMMEDIATE", (), exc) from exc
+            time.sleep(pause)
+            pause = min(pause * 2, SQLITE_WRITE_LOCK_PAUSES[1])
+    finally:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.close()
+
+
+def _is_busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", None)  # Python 3.11+
+    if code is not None:
+        return bool(code & 0xFF == sqlite3.SQLITE_BUSY)
+    return "database is locked" in str(exc)
 
 
 def make_engine(url: str) -> Engine:
@@ -69,17 +113,22 @@ def make_engine(url: str) -> Engine:
     # no pre-ping (a round trip per checkout): a connection found dead by its first
     # statement is invalidated, with the rest of the pool, and the store's transaction
     # retries on a new one
-    return create_engine(url, pool_size=5, max_overflow=10, connect_args=_postgres_options(url))
+    engine = create_engine(url, pool_size=5, max_overflow=10)
+    _configure_postgres(engine)
+    return engine
 
 
-def _postgres_options(url: str) -> dict[str, Any]:
-    """Generic plans for prepared statements. psycopg prepares a statement from its fifth
-    execution; gleitzeit's are lookups by key, whose plan does not depend on the values,
-    and PostgreSQL would otherwise keep planning its larger statements (``PG_START``)
-    anew at each execution, at more than the cost of running them."""
-    given = make_url(url).query.get("options", "")
-    given = given if isinstance(given, str) else " ".join(given)
-    return {"options": f"{given} -c plan_cache_mode=force_generic_plan".strip()}
+def _configure_postgres(engine: Engine) -> None:
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # Generic plans for prepared statements: psycopg prepares a statement from its
+        # fifth execution; gleitzeit's are lookups by key, whose plan does not depend on
+        # the values, and PostgreSQL otherwise kept planning the larger ones (PG_START)
+        # anew at each execution, at more than the cost of running them. A SET, not a
+        # startup option, which PgBouncer would refuse.
+        with dbapi_connection.cursor() as cursor:
+            cursor.execute("SET plan_cache_mode = force_generic_plan")
+        dbapi_connection.commit()
 
 
 def engine_for(url: str) -> Engine:
