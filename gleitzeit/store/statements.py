@@ -194,7 +194,12 @@ def _state_in(column: str, states: Sequence[str]) -> str:
 
 
 #: marks the published attempts ``:mr/:mt/:ma`` (arrays) ``:mago`` seconds ago, starts the
-#: attempt; returns what the worker needs to call the task, with its parents' results
+#: attempt; returns what the worker needs to call the task, with its parents' results.
+#: Its commit is asynchronous (``synchronous_commit = off`` for this transaction only): a
+#: start lost with the database server's last instants of WAL leaves the attempt queued,
+#: the worker's outcome is then fenced off and the attempt runs again once the reconciler
+#: republishes it: the at-least-once every crash already means. The outcome's commit,
+#: which the message's acknowledgement waits for, stays synchronous.
 PG_START = text(
     f"""
 WITH marked AS (
@@ -218,6 +223,9 @@ WITH marked AS (
 ), attempt_row AS (
     INSERT INTO gz_attempts (run_id, task_id, attempt, state, worker, host, pid, started_at)
     SELECT :r, :t, :a, '{TaskState.RUNNING.value}', :worker, :host, :pid, {_NOW} FROM started
+), lazy_commit AS (
+    -- this statement's commit does not wait for the WAL to reach the disk (see below)
+    SELECT set_config('synchronous_commit', 'off', true) AS previous
 )
 SELECT started.*,
     (SELECT inputs FROM gz_run_definitions WHERE run_id = :r) AS inputs,
@@ -225,7 +233,7 @@ SELECT started.*,
      WHERE p.run_id = :r
         AND p.task_id = ANY(ARRAY(SELECT json_array_elements_text(started.sources::json)))
     ) AS results
-FROM started
+FROM started, lazy_commit
 """
 )
 
