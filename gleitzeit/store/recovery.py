@@ -14,7 +14,7 @@ from sqlalchemy import Connection, exists, func, select, update
 
 from gleitzeit.policy import Backoff, compute_backoff
 from gleitzeit.states import FINAL_TASK_STATES, RunState, TaskState, run_sources, task_moves
-from gleitzeit.store import sweep
+from gleitzeit.store import failures, sweep
 from gleitzeit.store.records import Dispatch, ErrorInfo, Recorded, Repair, RunCount, StuckRun
 from gleitzeit.store.tables import attempt_key, db_now, dispatches, on_attempt, runs, tasks
 
@@ -49,9 +49,9 @@ def lose(
             f"gave up after the worker running this task was lost {row.lost} times "
             f"(killed, out of memory, or stopped without finishing); last: {reason}",
         )
-        return store._record_failed(conn, run_id, task_id, attempt, error, by_task=False)
+        return failures.fail(store, conn, run_id, task_id, attempt, error, by_task=False)
     error = ErrorInfo("gleitzeit.WorkerLost", f"{reason} (lost {row.lost} of {max_lost})")
-    return store._record_retry(conn, run_id, task_id, attempt, error, 0.0, by_task=False)
+    return failures.retry(store, conn, run_id, task_id, attempt, error, 0.0, by_task=False)
 
 
 def reconcile(

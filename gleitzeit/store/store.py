@@ -21,7 +21,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
-from gleitzeit import codec, strategies
+from gleitzeit import codec
 from gleitzeit.errors import IdempotencyConflict, StorageFailure
 from gleitzeit.policy import Backoff
 from gleitzeit.settings import Settings
@@ -30,9 +30,8 @@ from gleitzeit.states import (
     TaskState,
     run_sources,
     task_moves,
-    task_sources,
 )
-from gleitzeit.store import control, reads, recovery, statements, sweep
+from gleitzeit.store import control, failures, reads, recovery, statements, sweep
 from gleitzeit.store.engine import engine_for
 from gleitzeit.store.migrate import ensure_schema
 from gleitzeit.store.records import (
@@ -57,12 +56,14 @@ from gleitzeit.store.tables import (
     attempt_key,
     attempts,
     db_now,
+    id_list,
+    move,
     on_attempt,
     run_definitions,
     runs,
     tasks,
 )
-from gleitzeit.workflow import ON_FAILURE_BLOCK, ON_FAILURE_SKIP, alternative_of
+from gleitzeit.workflow import ON_FAILURE_BLOCK, alternative_of
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -75,10 +76,6 @@ def _is_transient(exc: BaseException) -> bool:
     if isinstance(exc, DBAPIError) and exc.connection_invalidated:
         return True
     return isinstance(exc, OperationalError)
-
-
-def _ids(values: Iterable[str]) -> list[str]:
-    return sorted(set(values))
 
 
 class Store:
@@ -238,7 +235,7 @@ class Store:
         """Claim the tasks of ``task_ids`` that are pending with nothing to wait on."""
         if not task_ids:
             return []
-        claimed = conn.execute(statements.CLAIM, {"r": run_id, "ids": _ids(task_ids)}).all()
+        claimed = conn.execute(statements.CLAIM, {"r": run_id, "ids": id_list(task_ids)}).all()
         found = [self._dispatch(run_id, row.task_id, row.attempt, row.options) for row in claimed]
         self._write_dispatches(conn, found)
         return found
@@ -481,7 +478,7 @@ class Store:
         return Recorded(True, claimed + self._end_if_done(conn, run_id, count))
 
     def _finish(self, run_id: str, task_id: str, attempt: int, state: TaskState) -> Any:
-        return _move(run_id, task_id, attempt, state).values(finished_at=db_now())
+        return move(run_id, task_id, attempt, state).values(finished_at=db_now())
 
     def _skip_alternative(
         self, conn: Connection, run_id: str, task_id: str, attempt: int, options: dict[str, Any]
@@ -534,183 +531,11 @@ class Store:
         """Record a failed attempt: retry after ``retry_in`` seconds, or fail the task."""
         if retry_in is not None:
             return self._transaction(
-                lambda conn: self._record_retry(conn, run_id, task_id, attempt, error, retry_in)
+                lambda conn: failures.retry(self, conn, run_id, task_id, attempt, error, retry_in)
             )
         return self._transaction(
-            lambda conn: self._record_failed(conn, run_id, task_id, attempt, error)
+            lambda conn: failures.fail(self, conn, run_id, task_id, attempt, error)
         )
-
-    def _record_retry(
-        self,
-        conn: Connection,
-        run_id: str,
-        task_id: str,
-        attempt: int,
-        error: ErrorInfo,
-        retry_in: float,
-        *,
-        by_task: bool = True,
-    ) -> Recorded:
-        row = conn.execute(
-            _move(run_id, task_id, attempt, TaskState.RETRYING)
-            .values(
-                attempt=attempt + 1,
-                error_type=error.type,
-                error_message=error.message,
-                lease_until=None,
-                failures=tasks.c.failures + int(by_task),
-                updated_at=db_now(),
-            )
-            .returning(tasks.c.options)
-        ).one_or_none()
-        if row is None:
-            return self._fenced_off(conn, run_id, task_id, attempt, "failed")
-        self._attempt_failed(conn, run_id, task_id, attempt, error, "retrying", retry_in=retry_in)
-        if self._lock_run(conn, run_id) is not RunState.RUNNING:
-            return Recorded(True, [])  # paused: resume dispatches the retry
-        retry = self._dispatch(run_id, task_id, attempt + 1, row.options, countdown=retry_in)
-        self._write_dispatches(conn, [retry])
-        return Recorded(True, [retry])
-
-    def _record_failed(
-        self,
-        conn: Connection,
-        run_id: str,
-        task_id: str,
-        attempt: int,
-        error: ErrorInfo,
-        *,
-        by_task: bool = True,
-    ) -> Recorded:
-        row = conn.execute(
-            self._finish(run_id, task_id, attempt, TaskState.FAILED)
-            .values(
-                error_type=error.type,
-                error_message=error.message,
-                lease_until=None,
-                failures=tasks.c.failures + int(by_task),
-            )
-            .returning(tasks.c.children, tasks.c.options)
-        ).one_or_none()
-        if row is None:
-            return self._fenced_off(conn, run_id, task_id, attempt, "failed")
-        children = codec.loads(row.children)
-        options = codec.loads(row.options)
-        on_failure = options.get("on_failure", ON_FAILURE_BLOCK)
-        alternative = alternative_of(on_failure)
-        if options.get("compensates"):
-            # a failed compensation is recorded; the next one runs all the same
-            self._attempt_failed(conn, run_id, task_id, attempt, error, "failed")
-            return self._go_on(conn, run_id, children, failed=1)
-        if on_failure == ON_FAILURE_SKIP:
-            self._skip_failed(conn, run_id, task_id)
-            by = "on_failure=skip: its dependents run and read None"
-            self._attempt_failed(conn, run_id, task_id, attempt, error, "skipped", by=by)
-            return self._go_on(conn, run_id, children, failed=0)
-        waits = self._wake_alternative(conn, run_id, alternative) if alternative else None
-        if waits is not None:
-            self._skip_failed(conn, run_id, task_id)
-            by = f"on_failure=alternative: {alternative} runs in its place"
-            self._attempt_failed(conn, run_id, task_id, attempt, error, "replaced", by=by)
-            count = self._count_finished(conn, run_id, finished=1, failed=0)
-            if waits or count.state is not RunState.RUNNING:
-                return Recorded(True, [])
-            return Recorded(True, self._claim(conn, run_id, [str(alternative)]))
-        self._attempt_failed(conn, run_id, task_id, attempt, error, "failed")
-        blocked = self._block_descendants(conn, run_id, task_id, attempt, children)
-        count = self._count_finished(conn, run_id, finished=1 + blocked, failed=1)
-        return Recorded(True, self._end_if_done(conn, run_id, count))
-
-    def _go_on(
-        self, conn: Connection, run_id: str, children: list[str], *, failed: int
-    ) -> Recorded:
-        """A task is final and its dependents run all the same."""
-        count = self._count_finished(conn, run_id, finished=1, failed=failed)
-        claimed = self._release(conn, run_id, children, count.state)
-        return Recorded(True, claimed + self._end_if_done(conn, run_id, count))
-
-    def _skip_failed(self, conn: Connection, run_id: str, task_id: str) -> None:
-        """A failed task whose ``on_failure`` lets the run go on: skipped, its error kept."""
-        conn.execute(
-            update(tasks)
-            .where(
-                tasks.c.run_id == run_id,
-                tasks.c.task_id == task_id,
-                tasks.c.state.in_(task_moves(TaskState.FAILED, to=TaskState.SKIPPED)),
-            )
-            .values(state=TaskState.SKIPPED.value, updated_at=db_now())
-        )
-
-    def _wake_alternative(self, conn: Connection, run_id: str, alternative: str) -> int | None:
-        """Count the failure the alternative waits for; return what it still waits for,
-        or ``None`` when it can no longer run (blocked or cancelled by then)."""
-        return conn.execute(
-            update(tasks)
-            .where(
-                tasks.c.run_id == run_id,
-                tasks.c.task_id == alternative,
-                tasks.c.state == TaskState.PENDING.value,
-            )
-            .values(waiting_on=tasks.c.waiting_on - 1)
-            .returning(tasks.c.waiting_on)
-        ).scalar_one_or_none()
-
-    def _attempt_failed(
-        self,
-        conn: Connection,
-        run_id: str,
-        task_id: str,
-        attempt: int,
-        error: ErrorInfo,
-        outcome: str,
-        **data: Any,
-    ) -> None:
-        """Close the attempt's row with its error and record the task's ``outcome`` event."""
-        self._end_attempt(conn, run_id, task_id, attempt, TaskState.FAILED, error)
-        self._event(
-            conn,
-            run_id,
-            f"{task_id}:{attempt}:{outcome}",
-            f"task_{outcome}",
-            task_id,
-            attempt,
-            data={"error": f"{error.type}: {error.message}", **data},
-        )
-
-    def _block_descendants(
-        self, conn: Connection, run_id: str, failed: str, attempt: int, children: list[str]
-    ) -> int:
-        """Block every pending task downstream of ``failed``; return how many."""
-        count = 0
-        frontier = _ids(children)
-        while frontier:
-            rows = conn.execute(
-                update(tasks)
-                .where(
-                    tasks.c.run_id == run_id,
-                    tasks.c.task_id.in_(frontier),
-                    tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.BLOCKED)),
-                )
-                .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
-                .returning(tasks.c.task_id, tasks.c.children)
-            ).all()
-            count += len(rows)
-            self._events(
-                conn,
-                [
-                    {
-                        "run_id": run_id,
-                        "key": f"{row.task_id}:blocked-by:{failed}:{attempt}",
-                        "type": "task_blocked",
-                        "task_id": row.task_id,
-                        "attempt": None,
-                        "data": codec.dumps({"by": f"{failed} failed", "upstream": failed}),
-                    }
-                    for row in rows
-                ],
-            )
-            frontier = _ids(child for row in rows for child in codec.loads(row.children))
-        return count
 
     def _lock_run(self, conn: Connection, run_id: str) -> RunState | None:
         """The run's state, its row locked to the end of the transaction (PostgreSQL; a
@@ -736,7 +561,7 @@ class Store:
         if count.unfinished > 0:
             return []
         if count.failed:
-            compensating = self._compensate(conn, run_id, count)
+            compensating = failures.compensate(self, conn, run_id, count)
             if compensating is not None:
                 return compensating
         final = RunState.FAILED if count.failed else RunState.SUCCEEDED
@@ -752,62 +577,6 @@ class Store:
         if ended:
             self._event(conn, run_id, f"run:{retries}:{final.value}", f"run_{final.value}")
         return bool(ended)
-
-    def _compensate(self, conn: Connection, run_id: str, count: RunCount) -> list[Dispatch] | None:
-        """Start the saga's compensations, or ``None`` when there is nothing to undo.
-
-        Each compensation is a task of the run that waits for the one before it, and
-        runs whether that one succeeded or failed.
-        """
-        rows = conn.execute(
-            select(*control.TASK_VIEW_COLUMNS, tasks.c.params, tasks.c.sources).where(
-                tasks.c.run_id == run_id
-            )
-        ).all()
-        by_id = {row.task_id: row for row in rows}
-        order = strategies.compensation_order(control.task_view(row) for row in rows)
-        if not order:
-            return None
-        planned = []
-        for i, task_id in enumerate(order):
-            row = by_id[task_id]
-            following = order[i + 1 : i + 2]
-            result = f"${{{task_id}.result}}"
-            params = {**codec.loads(row.params), strategies.COMPENSATION_RESULT: result}
-            planned.append(
-                {
-                    "run_id": run_id,
-                    "task_id": strategies.compensation_id(task_id),
-                    "name": codec.loads(row.options)["compensate"],
-                    "state": TaskState.PENDING.value,
-                    "attempt": 0,
-                    "waiting_on": 1 if i else 0,
-                    "params": codec.dumps(params),
-                    "sources": codec.dumps(sorted({*codec.loads(row.sources), task_id})),
-                    "children": codec.dumps([strategies.compensation_id(t) for t in following]),
-                    "options": codec.dumps({"compensates": task_id}),
-                    "deliveries": 0,
-                }
-            )
-        conn.execute(insert(tasks).values(updated_at=db_now()), planned)
-        conn.execute(
-            update(runs)
-            .where(runs.c.id == run_id)
-            .values(
-                tasks_total=runs.c.tasks_total + len(planned),
-                tasks_unfinished=runs.c.tasks_unfinished + len(planned),
-            )
-        )
-        self._event(
-            conn,
-            run_id,
-            f"run:{count.retries}:compensating",
-            "run_compensating",
-            data={"by": "the run failed", "order": order},
-        )
-        if count.state is not RunState.RUNNING:
-            return []
-        return self._claim(conn, run_id, [strategies.compensation_id(order[0])])
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -1027,19 +796,6 @@ def _mark_published(conn: Connection, published: Sequence[Published]) -> None:
                 for d, at in published
             ],
         )
-
-
-def _move(run_id: str, task_id: str, attempt: int, new: TaskState) -> Any:
-    """The one conditional ``UPDATE`` by which an attempt changes state.
-
-    It matches only while the task is on ``attempt`` (the fencing token) and in a state
-    the transition table allows to move to ``new``; its row count says whether it did.
-    """
-    return (
-        update(tasks)
-        .where(*on_attempt(run_id, task_id, attempt, task_sources(new)))
-        .values(state=new.value, updated_at=db_now())
-    )
 
 
 __all__ = ["Store", "message_id"]

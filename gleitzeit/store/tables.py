@@ -8,7 +8,7 @@ and keep pickle out.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from sqlalchemy import (
@@ -23,9 +23,12 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     or_,
+    update,
 )
 from sqlalchemy.ext.compiler import compiles
 from sqlalchemy.sql.functions import FunctionElement
+
+from gleitzeit.states import TaskState, task_sources
 
 metadata = MetaData()
 
@@ -190,3 +193,21 @@ def attempt_key(table: Table, run_id: Any, task_id: Any, attempt: Any) -> list[A
 def on_attempt(run_id: Any, task_id: Any, attempt: Any, states: Sequence[str]) -> list[Any]:
     """``WHERE`` clauses: the task is on ``attempt`` (the fencing token) in one of ``states``."""
     return [*attempt_key(tasks, run_id, task_id, attempt), state_in(states)]
+
+
+def id_list(values: Iterable[str]) -> list[str]:
+    """The distinct ids of ``values``, sorted: one parameter list however they came."""
+    return sorted(set(values))
+
+
+def move(run_id: str, task_id: str, attempt: int, new: TaskState) -> Any:
+    """The one conditional ``UPDATE`` by which an attempt changes state.
+
+    It matches only while the task is on ``attempt`` (the fencing token) and in a state
+    the transition table allows to move to ``new``; its row count says whether it did.
+    """
+    return (
+        update(tasks)
+        .where(*on_attempt(run_id, task_id, attempt, task_sources(new)))
+        .values(state=new.value, updated_at=db_now())
+    )
