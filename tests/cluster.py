@@ -91,18 +91,18 @@ class Cluster:
         self.beat.wait_ready(timeout=60)
         return self.beat
 
-    def kill_everything(self) -> None:
+    def _kill_celery(self) -> None:
         for worker in self.workers:
             worker.kill()
         if self.beat is not None:
             self.beat.kill()
+
+    def kill_everything(self) -> None:
+        self._kill_celery()
         self.redis.kill()
 
     def close(self) -> None:
-        for worker in self.workers:
-            worker.kill()
-        if self.beat is not None:
-            self.beat.kill()
+        self._kill_celery()
         self.redis.stop()
 
 

@@ -91,13 +91,13 @@ def fail(
         _attempt_failed(store, conn, run_id, task_id, attempt, error, "failed")
         return _go_on(store, conn, run_id, children, failed=1)
     if on_failure == ON_FAILURE_SKIP:
-        _skip_failed(store, conn, run_id, task_id)
+        _skip_failed(conn, run_id, task_id)
         by = "on_failure=skip: its dependents run and read None"
         _attempt_failed(store, conn, run_id, task_id, attempt, error, "skipped", by=by)
         return _go_on(store, conn, run_id, children, failed=0)
-    waits = _wake_alternative(store, conn, run_id, alternative) if alternative else None
+    waits = _wake_alternative(conn, run_id, alternative) if alternative else None
     if waits is not None:
-        _skip_failed(store, conn, run_id, task_id)
+        _skip_failed(conn, run_id, task_id)
         by = f"on_failure=alternative: {alternative} runs in its place"
         _attempt_failed(store, conn, run_id, task_id, attempt, error, "replaced", by=by)
         count = store._count_finished(conn, run_id, finished=1, failed=0)
@@ -119,7 +119,7 @@ def _go_on(
     return Recorded(True, claimed + store._end_if_done(conn, run_id, count))
 
 
-def _skip_failed(store: Store, conn: Connection, run_id: str, task_id: str) -> None:
+def _skip_failed(conn: Connection, run_id: str, task_id: str) -> None:
     """A failed task whose ``on_failure`` lets the run go on: skipped, its error kept."""
     conn.execute(
         update(tasks)
@@ -132,7 +132,7 @@ def _skip_failed(store: Store, conn: Connection, run_id: str, task_id: str) -> N
     )
 
 
-def _wake_alternative(store: Store, conn: Connection, run_id: str, alternative: str) -> int | None:
+def _wake_alternative(conn: Connection, run_id: str, alternative: str) -> int | None:
     """Count the failure the alternative waits for; return what it still waits for,
     or ``None`` when it can no longer run (blocked or cancelled by then)."""
     return conn.execute(
