@@ -531,6 +531,8 @@ class TcpProxy:
 
     ``cut()`` closes every proxied connection and refuses new ones, as a network partition
     between the clients and the server would; ``restore()`` lets connections through again.
+    ``cut_after(n)`` cuts once ``n`` more bytes have gone to the server: in the middle of a
+    write, a request the server may have taken in part.
     """
 
     def __init__(self, target: tuple[str, int]) -> None:
@@ -539,6 +541,7 @@ class TcpProxy:
         self._cut = threading.Event()
         self._lock = threading.Lock()
         self._open: set[socket.socket] = set()
+        self._budget: int | None = None  # bytes still allowed upstream; None: no limit
         self._listener = socket.create_server((_HOST, self.port))
         self._listener.settimeout(0.1)
         self._stopped = threading.Event()
@@ -561,7 +564,13 @@ class TcpProxy:
                 sock.close()
             self._open.clear()
 
+    def cut_after(self, n_bytes: int) -> None:
+        with self._lock:
+            self._budget = n_bytes
+
     def restore(self) -> None:
+        with self._lock:
+            self._budget = None
         self._cut.clear()
 
     def close(self) -> None:
@@ -588,13 +597,30 @@ class TcpProxy:
                 continue
             with self._lock:
                 self._open.update((client, server))
-            for source, sink in ((client, server), (server, client)):
-                threading.Thread(target=self._pump, args=(source, sink), daemon=True).start()
+            for source, sink, upstream in ((client, server, True), (server, client, False)):
+                threading.Thread(
+                    target=self._pump, args=(source, sink, upstream), daemon=True
+                ).start()
 
-    def _pump(self, source: socket.socket, sink: socket.socket) -> None:
+    def _spend(self, chunk: bytes) -> tuple[bytes, bool]:
+        """What of ``chunk`` may still go to the server, and whether the budget is spent."""
+        with self._lock:
+            if self._budget is None:
+                return chunk, False
+            allowed = chunk[: self._budget]
+            self._budget -= len(allowed)
+            return allowed, self._budget == 0
+
+    def _pump(self, source: socket.socket, sink: socket.socket, upstream: bool) -> None:
         try:
             while chunk := source.recv(65536):
+                spent = False
+                if upstream:
+                    chunk, spent = self._spend(chunk)
                 sink.sendall(chunk)
+                if spent:
+                    self.cut()
+                    return
         except OSError:
             pass
         finally:
