@@ -58,10 +58,13 @@ Shapes and figures:
    shapes above (if none ran in this pass, it runs the layered DAG ``--repeat`` times): for every
    task with parents, ``gz_dispatches.published_at`` of its first attempt minus the latest
    ``gz_tasks.finished_at`` of its parents (both from the database clock; SQLite's has 1 ms
-   resolution). p50, p99 and max in ms, per shape. No Celery counterpart: no ratio. A worker
-   publishes the children a task released one by one, after the commit that released them, and
-   stamps each ``published_at`` with the moment it was handed to the broker (written with its
-   next transaction), so for a fan-out the figure grows along the siblings.
+   resolution). p50, p99 and max in ms, per shape. A worker publishes the children a task
+   released after the commit that released them, in kombu publish batches (the first child
+   alone, then batches doubling up to 64), and stamps each ``published_at`` with the moment its
+   batch reached the broker (written with its next transaction), so for a fan-out the figure
+   grows along the siblings. Its Celery counterpart, the floor of any fan-out through Celery: in
+   the ``fanin`` shape's plain ``group`` of 1,000, the time from ``apply_async`` to each message
+   sent (``after_task_publish`` in the caller), as ``celery group`` rows.
 8. ``resolver``: a 10,000-task random DAG (as in 5). ``gleitzeit validate``: ``wf.validate()``
    (DependencyResolver: graph, references, cycles); ``gleitzeit submit``: ``Client.submit``
    without waiting (validation again, planning, one insert transaction, publishing the root);
@@ -110,6 +113,7 @@ if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
 from celery import Celery, chain, chord, group  # noqa: E402
+from celery.signals import after_task_publish  # noqa: E402
 from sqlalchemy import delete, select  # noqa: E402
 
 import gleitzeit  # noqa: E402
@@ -231,14 +235,21 @@ class Series:
 
 @dataclass
 class Latency:
-    """Dependency-resolution latencies of the gleitzeit runs of one shape, in seconds."""
+    """Dependency-resolution latencies of the gleitzeit runs of one shape, in seconds; or,
+    for ``celery group``, how long after ``apply_async`` was called each message was sent."""
 
     shape: str
     store: str
     values: list[float]
+    contender: str = GLEITZEIT
 
     def summary(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"shape": self.shape, "store": self.store, "count": len(self.values)}
+        data: dict[str, Any] = {
+            "shape": self.shape,
+            "store": self.store,
+            "contender": self.contender,
+            "count": len(self.values),
+        }
         if len(self.values) >= 2:
             cuts = statistics.quantiles(self.values, n=100, method="inclusive")
             data.update(p50_ms=1000 * cuts[49], p99_ms=1000 * cuts[98])
@@ -408,6 +419,8 @@ class Session:
     finished_runs: dict[str, list[str]] = field(default_factory=dict)
     #: every run submitted, including parked ones (deleted from PostgreSQL at the end)
     created_runs: list[str] = field(default_factory=list)
+    #: shape -> seconds from a group's ``apply_async`` call to each of its messages sent
+    group_publish: dict[str, list[float]] = field(default_factory=dict)
 
     def worker_sql(self) -> dict[str, int]:
         counts = self.app.send_task(bt.SQL_COUNT).get(timeout=30)
@@ -462,15 +475,39 @@ def gleitzeit_runner(
     return run
 
 
+@contextlib.contextmanager
+def sends_recorded(into: list[float] | None, started: float) -> Iterator[None]:
+    """Add to ``into`` the seconds from ``started`` to each message this process sends."""
+    if into is None:
+        yield
+        return
+
+    def on_sent(**_: Any) -> None:
+        into.append(time.perf_counter() - started)
+
+    after_task_publish.connect(on_sent, weak=False)
+    try:
+        yield
+    finally:
+        after_task_publish.disconnect(on_sent)
+
+
 def canvas_runner(
-    session: Session, build: Callable[[], Any], expected: Any, **get_options: Any
+    session: Session,
+    build: Callable[[], Any],
+    expected: Any,
+    *,
+    sent_after: list[float] | None = None,
+    **get_options: Any,
 ) -> Callable[[], Measurement]:
-    """Apply the canvas ``build`` makes and wait with ``.get(**get_options)``."""
+    """Apply the canvas ``build`` makes and wait with ``.get(**get_options)``; with
+    ``sent_after``, add to it the seconds from ``apply_async`` to each message sent."""
 
     def run() -> Measurement:
         canvas = build()
         started = time.perf_counter()
-        result = canvas.apply_async()
+        with sends_recorded(sent_after, started):
+            result = canvas.apply_async()
         value = session.get(result, **get_options)
         elapsed = time.perf_counter() - started
         if value != expected:
@@ -480,10 +517,14 @@ def canvas_runner(
     return run
 
 
-def group_runner(session: Session, n: int) -> Callable[[], Measurement]:
-    """N plain no-ops as one ``group``."""
+def group_runner(session: Session, n: int, shape: str | None = None) -> Callable[[], Measurement]:
+    """N plain no-ops as one ``group``; with ``shape``, when each message was sent is kept."""
+    sent = None if shape is None else session.group_publish.setdefault(shape, [])
     return canvas_runner(
-        session, lambda: group([noop_sig(session.app, i) for i in range(n)]), list(range(n))
+        session,
+        lambda: group([noop_sig(session.app, i) for i in range(n)]),
+        list(range(n)),
+        sent_after=sent,
     )
 
 
@@ -604,7 +645,7 @@ def plan_fanin(session: Session) -> ShapePlan:
         "fanin",
         n + 2,
         [
-            Contender(GROUP, group_runner(session, n), reference=True),
+            Contender(GROUP, group_runner(session, n, "fanin"), reference=True),
             Contender(
                 GLEITZEIT,
                 gleitzeit_runner(
@@ -814,7 +855,11 @@ def run_latency(session: Session) -> list[Latency]:
         for shape, run_ids in session.finished_runs.items()
     ]
     everything = [value for latency in found for value in latency.values]
-    return [*found, Latency("all", session.store, everything)]
+    sends = [
+        Latency(shape, session.store, values, GROUP)
+        for shape, values in session.group_publish.items()
+    ]
+    return [*found, Latency("all", session.store, everything), *sends]
 
 
 def dispatch_latencies(store: Store, run_ids: Sequence[str]) -> list[float]:
@@ -1008,17 +1053,21 @@ def print_tables(results: Sequence[Series], latencies: Sequence[Latency]) -> Non
         print(table_row(series, results))
     if not latencies:
         return
-    print("\ndependency-resolution latency (parent finished -> child published), gleitzeit")
-    print(f"{'store':<10} {'runs of':<9} {'count':>7} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8}")
+    print(
+        "\ndependency-resolution latency: gleitzeit, parent finished -> child published;"
+        "\ncelery group, apply_async called -> each message sent (the floor of a fan-out)"
+    )
+    print(
+        f"{'store':<10} {'runs of':<9} {'contender':<13} {'count':>7} {'p50 ms':>8} "
+        f"{'p99 ms':>8} {'max ms':>8}"
+    )
     for latency in latencies:
         data = latency.summary()
+        head = f"{latency.store:<10} {latency.shape:<9} {latency.contender:<13} {data['count']:>7}"
         if "p50_ms" not in data:
-            print(f"{latency.store:<10} {latency.shape:<9} {data['count']:>7} (no dependents)")
+            print(f"{head} (no dependents)")
             continue
-        print(
-            f"{latency.store:<10} {latency.shape:<9} {data['count']:>7} {data['p50_ms']:>8.2f} "
-            f"{data['p99_ms']:>8.2f} {data['max_ms']:>8.2f}"
-        )
+        print(f"{head} {data['p50_ms']:>8.2f} {data['p99_ms']:>8.2f} {data['max_ms']:>8.2f}")
 
 
 def environment() -> dict[str, str]:
