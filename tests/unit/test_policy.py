@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import random
+from dataclasses import fields
 
 import pytest
 
@@ -97,6 +98,7 @@ def test_backoff_to_dict_round_trips() -> None:
     backoff = Backoff(base=0.5, factor=3.0, cap=10.0, jitter=False)
     assert backoff.to_dict() == {"base": 0.5, "factor": 3.0, "cap": 10.0, "jitter": False}
     assert Backoff.coerce(backoff.to_dict()) == backoff
+    assert set(backoff.to_dict()) == {field.name for field in fields(Backoff)}  # none left out
 
 
 # -- which errors are retried ----------------------------------------------------------
