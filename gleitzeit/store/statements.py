@@ -52,13 +52,15 @@ def _on_attempt(new: TaskState) -> list[Any]:
     return on_attempt(_RUN, _TASK, _ATTEMPT, task_sources(new))
 
 
-#: pending tasks of ``ids`` with nothing left to wait on become queued on a new attempt
+#: pending tasks of ``ids`` with nothing left to wait on become queued on a new attempt.
+#: By primary key only: with an index on state usable, SQLite read every pending task of
+#: every run for each claim of three or more children (a claim grew with the store).
 CLAIM = (
     update(tasks)
     .where(
         tasks.c.run_id == _RUN,
         tasks.c.task_id.in_(_IDS),
-        state_in(task_moves(TaskState.PENDING, to=TaskState.QUEUED)),
+        state_in(task_moves(TaskState.PENDING, to=TaskState.QUEUED), indexed=False),
         tasks.c.waiting_on == 0,
     )
     .values(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
 
 import pytest
 from alembic.autogenerate import compare_metadata
@@ -172,6 +174,37 @@ def test_finishing_a_task_costs_the_same_in_a_small_and_a_huge_graph(
         # start: move, attempt row, parents' results; finish: move, attempt row, run
         # count, release, claim, ledger row; and SQLite's two BEGINs
         assert small <= 11
+
+
+def _sqlite_steps_to_finish_the_root(tmp_path: Path, waiting_elsewhere: int) -> int:
+    """SQLite virtual-machine steps (in hundreds) to finish a root that releases 5 tasks."""
+    store = Store.open(f"sqlite:///{tmp_path / f'gz-{waiting_elsewhere}.db'}")
+    steps = [0]
+
+    def count_steps(dbapi_connection: Any, _: object) -> None:
+        def tick() -> int:
+            steps[0] += 1
+            return 0  # go on
+
+        dbapi_connection.set_progress_handler(tick, 100)
+
+    event.listen(store.engine, "connect", count_steps)
+    store.engine.dispose()
+    if waiting_elsewhere:
+        store.create_run(plan_run(fan(waiting_elsewhere), {}))
+    (root,) = store.create_run(plan_run(fan(5), {})).dispatches
+    steps[0] = 0
+    released = start_and_succeed(store, root.run_id, root.task_id, root.attempt, "1")
+    assert len(released) == 5
+    return steps[0]
+
+
+def test_a_claim_costs_the_same_however_many_tasks_wait_in_other_runs(tmp_path: Path) -> None:
+    # SQLite's planner, without statistics, used to read an index on the state for a claim
+    # of three or more tasks: every pending task of every run, for each claim
+    alone = _sqlite_steps_to_finish_the_root(tmp_path, 0)
+    crowded = _sqlite_steps_to_finish_the_root(tmp_path, 3000)
+    assert crowded <= alone + alone // 4, (alone, crowded)
 
 
 def test_the_last_parents_of_a_join_finishing_at_once_claim_it_once(store: Store) -> None:
