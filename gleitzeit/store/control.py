@@ -13,14 +13,22 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import Connection, and_, bindparam, delete, or_, select, update
+from sqlalchemy import Connection, and_, bindparam, delete, select, update
 
 from gleitzeit import codec, strategies
 from gleitzeit.errors import GraphChanged, RunControlError, RunNotFound
 from gleitzeit.states import FINAL_RUN_STATES, RunState, TaskState, task_moves, task_sources
 from gleitzeit.store import recovery
 from gleitzeit.store.records import Dispatch, PlannedTask, message_id
-from gleitzeit.store.tables import attempts, db_now, dispatches, run_definitions, runs, tasks
+from gleitzeit.store.tables import (
+    attempts,
+    db_now,
+    dispatches,
+    run_definitions,
+    runs,
+    state_in,
+    tasks,
+)
 from gleitzeit.workflow import ON_FAILURE_BLOCK
 
 if TYPE_CHECKING:
@@ -125,13 +133,13 @@ def resume(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
         )
         .where(
             tasks.c.run_id == run_id,
-            tasks.c.state.in_([TaskState.QUEUED.value, TaskState.RETRYING.value]),
+            state_in([TaskState.QUEUED.value, TaskState.RETRYING.value]),
         )
     ).all()
     ready = conn.execute(
         select(tasks.c.task_id).where(
             tasks.c.run_id == run_id,
-            tasks.c.state == TaskState.PENDING.value,
+            state_in([TaskState.PENDING.value]),
             tasks.c.waiting_on == 0,
         )
     ).scalars()
@@ -174,7 +182,7 @@ def cancel(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
         update(tasks)
         .where(
             tasks.c.run_id == run_id,
-            tasks.c.state.in_(task_moves(*_UNFINISHED, to=TaskState.CANCELLED)),
+            state_in(task_moves(*_UNFINISHED, to=TaskState.CANCELLED)),
         )
         .values(
             state=TaskState.CANCELLED.value,
@@ -335,7 +343,7 @@ def _skip(conn: Connection, run_id: str, skip: frozenset[str]) -> None:
             .where(
                 tasks.c.run_id == run_id,
                 tasks.c.task_id.in_(sorted(skip)),
-                tasks.c.state.in_(task_moves(TaskState.FAILED, to=TaskState.SKIPPED)),
+                state_in(task_moves(TaskState.FAILED, to=TaskState.SKIPPED)),
             )
             .values(state=TaskState.SKIPPED.value, updated_at=db_now())
         )
@@ -350,8 +358,7 @@ def _reset(conn: Connection, run_id: str, rerun: dict[str, int]) -> None:
         .where(
             tasks.c.run_id == run_id,
             tasks.c.task_id == bindparam("t"),
-            # (no IN: an executemany cannot expand one)
-            or_(*(tasks.c.state == state for state in task_sources(TaskState.PENDING))),
+            state_in(task_sources(TaskState.PENDING)),
         )
         .values(
             state=TaskState.PENDING.value,

@@ -17,7 +17,7 @@ from gleitzeit import codec, strategies
 from gleitzeit.states import RunState, TaskState, task_moves
 from gleitzeit.store import control
 from gleitzeit.store.records import Dispatch, ErrorInfo, Recorded, RunCount
-from gleitzeit.store.tables import db_now, id_list, move, runs, tasks
+from gleitzeit.store.tables import db_now, id_list, move, runs, state_in, tasks
 from gleitzeit.workflow import ON_FAILURE_BLOCK, ON_FAILURE_SKIP, alternative_of
 
 if TYPE_CHECKING:
@@ -126,7 +126,7 @@ def _skip_failed(conn: Connection, run_id: str, task_id: str) -> None:
         .where(
             tasks.c.run_id == run_id,
             tasks.c.task_id == task_id,
-            tasks.c.state.in_(task_moves(TaskState.FAILED, to=TaskState.SKIPPED)),
+            state_in(task_moves(TaskState.FAILED, to=TaskState.SKIPPED)),
         )
         .values(state=TaskState.SKIPPED.value, updated_at=db_now())
     )
@@ -140,7 +140,7 @@ def _wake_alternative(conn: Connection, run_id: str, alternative: str) -> int | 
         .where(
             tasks.c.run_id == run_id,
             tasks.c.task_id == alternative,
-            tasks.c.state == TaskState.PENDING.value,
+            state_in([TaskState.PENDING.value]),
         )
         .values(waiting_on=tasks.c.waiting_on - 1)
         .returning(tasks.c.waiting_on)
@@ -182,7 +182,7 @@ def _block_descendants(
             .where(
                 tasks.c.run_id == run_id,
                 tasks.c.task_id.in_(frontier),
-                tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.BLOCKED)),
+                state_in(task_moves(TaskState.PENDING, to=TaskState.BLOCKED)),
             )
             .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
             .returning(tasks.c.task_id, tasks.c.children)

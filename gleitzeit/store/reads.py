@@ -17,7 +17,15 @@ from gleitzeit.store.records import (
     TaskRecord,
     message_id,
 )
-from gleitzeit.store.tables import attempts, dispatches, events, run_definitions, runs, tasks
+from gleitzeit.store.tables import (
+    attempts,
+    dispatches,
+    events,
+    run_definitions,
+    runs,
+    state_in,
+    tasks,
+)
 
 #: a run's row with its definition
 _RUNS = select(runs, run_definitions.c.graph, run_definitions.c.inputs).join(
@@ -150,7 +158,7 @@ def get_dispatches(conn: Connection, run_id: str) -> list[DispatchRecord]:
 def get_results(conn: Connection, run_id: str) -> dict[str, Any]:
     """Results of the run's succeeded tasks, by task id."""
     query = select(tasks.c.task_id, tasks.c.result).where(
-        and_(tasks.c.run_id == run_id, tasks.c.state == TaskState.SUCCEEDED.value)
+        and_(tasks.c.run_id == run_id, state_in([TaskState.SUCCEEDED.value]))
     )
     return {row.task_id: codec.loads(row.result) for row in conn.execute(query)}
 

@@ -16,7 +16,15 @@ from gleitzeit.policy import Backoff, compute_backoff
 from gleitzeit.states import FINAL_TASK_STATES, RunState, TaskState, run_sources, task_moves
 from gleitzeit.store import failures, sweep
 from gleitzeit.store.records import Dispatch, ErrorInfo, Recorded, Repair, RunCount, StuckRun
-from gleitzeit.store.tables import attempt_key, db_now, dispatches, on_attempt, runs, tasks
+from gleitzeit.store.tables import (
+    attempt_key,
+    db_now,
+    dispatches,
+    on_attempt,
+    runs,
+    state_in,
+    tasks,
+)
 
 if TYPE_CHECKING:
     from gleitzeit.store.store import Store
@@ -190,9 +198,7 @@ def finalize(store: Store, conn: Connection, run_id: str) -> list[Dispatch] | No
     ``None`` when the run was not ended by this call.
     """
     failed = conn.execute(
-        select(func.count()).where(
-            tasks.c.run_id == run_id, tasks.c.state == TaskState.FAILED.value
-        )
+        select(func.count()).where(tasks.c.run_id == run_id, state_in([TaskState.FAILED.value]))
     ).scalar_one()
     unfinished = exists().where(
         tasks.c.run_id == run_id,
@@ -236,7 +242,7 @@ def fail_run(
         update(tasks)
         .where(
             tasks.c.run_id == run_id,
-            tasks.c.state.in_(task_moves(*started, to=TaskState.FAILED)),
+            state_in(task_moves(*started, to=TaskState.FAILED)),
         )
         .values(
             state=TaskState.FAILED.value,
@@ -251,7 +257,7 @@ def fail_run(
         update(tasks)
         .where(
             tasks.c.run_id == run_id,
-            tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.BLOCKED)),
+            state_in(task_moves(TaskState.PENDING, to=TaskState.BLOCKED)),
         )
         .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
     )

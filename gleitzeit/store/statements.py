@@ -60,7 +60,7 @@ CLAIM = (
     .where(
         tasks.c.run_id == _RUN,
         tasks.c.task_id.in_(_IDS),
-        state_in(task_moves(TaskState.PENDING, to=TaskState.QUEUED), indexed=False),
+        state_in(task_moves(TaskState.PENDING, to=TaskState.QUEUED)),
         tasks.c.waiting_on == 0,
     )
     .values(

@@ -61,6 +61,7 @@ from gleitzeit.store.tables import (
     on_attempt,
     run_definitions,
     runs,
+    state_in,
     tasks,
 )
 from gleitzeit.workflow import ON_FAILURE_BLOCK, alternative_of
@@ -492,7 +493,7 @@ class Store:
             .where(
                 tasks.c.run_id == run_id,
                 tasks.c.task_id == alternative,
-                tasks.c.state.in_(task_moves(TaskState.PENDING, to=TaskState.SKIPPED)),
+                state_in(task_moves(TaskState.PENDING, to=TaskState.SKIPPED)),
             )
             .values(state=TaskState.SKIPPED.value, finished_at=db_now(), updated_at=db_now())
         ).rowcount
@@ -594,7 +595,7 @@ class Store:
                 )
                 .where(
                     *attempt_key(attempts, run_id, task_id, attempt),
-                    tasks.c.state == TaskState.RUNNING.value,
+                    state_in([TaskState.RUNNING.value]),
                 )
             ).one_or_none()
             return None if row is None else Holder(row.host, row.pid)

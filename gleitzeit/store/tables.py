@@ -179,15 +179,20 @@ events = Table(
 )
 
 
-def state_in(states: Sequence[str], *, indexed: bool = True) -> Any:
-    """``state = 'a' OR state = 'b'``: unlike ``IN``, whose list SQLAlchemy expands anew at
-    every execution, plain parameters keep a statement's compiled form as it is.
+def state_in(states: Iterable[str]) -> Any:
+    """A condition on one run's tasks: the task's state is one of ``states``.
 
-    ``indexed=False`` compares ``state || ''``, which no index on ``state`` can serve: for a
-    statement whose rows the primary key finds, so that no planner reads a state's index
-    instead (SQLite's, without statistics, does for three or more ids in an ``IN`` list).
+    It compares ``state || ''``, which no index on the state can serve: the rows of a
+    statement on one run are found by the primary key (run, task), never through an index
+    on the state, which holds the tasks of every run. SQLite's planner, without statistics,
+    chose the state's index for ``run_id = ? AND state = 'pending'`` and for a list of task
+    ids with a state: every pending task in the store read, for each such statement.
+    Only the sweep, which looks across runs, compares ``tasks.c.state`` itself.
+
+    ``state = 'a' OR state = 'b'`` rather than ``IN``: SQLAlchemy expands an ``IN`` list
+    anew at every execution, plain parameters keep a statement's compiled form as it is.
     """
-    state = tasks.c.state if indexed else tasks.c.state.concat("")
+    state = tasks.c.state.concat("")
     return or_(*(state == value for value in states))
 
 

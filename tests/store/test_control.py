@@ -384,6 +384,19 @@ def test_retry_skip_failed_skips_the_failure_and_runs_what_it_blocked(store: Sto
     assert store.get_run(run_id).state is RunState.SUCCEEDED
 
 
+def test_retry_skip_failed_skips_every_failure_at_once(store: Store) -> None:
+    run_id, queue = submit(store, diamond(), {"day": "mon", "size": 1})
+    work(store, run_id, queue, failing("b", "c", "other"))
+
+    retried = store.retry_run(run_id, request("skip_failed"))
+    ran = work(store, run_id, retried.dispatches, failing())
+
+    assert [tid for tid, _ in ran] == ["d"]
+    found = states(store, run_id)
+    assert {found[t] for t in ("b", "c", "other")} == {TaskState.SKIPPED}
+    assert store.get_run(run_id).state is RunState.SUCCEEDED
+
+
 def test_retry_from_start_reruns_everything(store: Store) -> None:
     run_id, queue = submit(store, diamond(), {"day": "mon", "size": 1})
     work(store, run_id, queue, failing("c"))

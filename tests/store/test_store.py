@@ -151,6 +151,18 @@ def test_a_failure_blocks_everything_downstream_and_ends_the_run(store: Store) -
     assert (record.state, record.tasks_unfinished, record.tasks_failed) == (RunState.FAILED, 0, 1)
 
 
+def test_a_failure_blocks_a_fan_of_dependents_and_what_waits_on_them(store: Store) -> None:
+    run_id = store.create_run(plan_run(fan(4), {})).run_id
+    store.start_attempt(run_id, "start", 1)
+
+    store.record_failure(run_id, "start", 1, ErrorInfo("ValueError", "bad"))
+
+    states = {k: t.state for k, t in store.get_tasks(run_id).items()}
+    blocked = {f"p{i}": TaskState.BLOCKED for i in range(4)}
+    assert states == {"start": TaskState.FAILED, **blocked, "join": TaskState.BLOCKED}
+    assert store.get_run(run_id).state is RunState.FAILED
+
+
 def _statements_to_finish_one_task(store: Store, statements: list[str], length: int) -> int:
     run_id = store.create_run(plan_run(chain(length), {})).run_id
     for i in range(3):
