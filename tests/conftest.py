@@ -61,17 +61,13 @@ def worker(
     broker_url: str, database_url: str, store: Store, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CeleryWorker]:
     """One Celery worker with four prefork processes, as ``celery -A gleitzeit.worker``."""
-    started = CeleryWorker.start(
+    with CeleryWorker.running(
         broker_url=broker_url,
         database_url=database_url,
         log_dir=tmp_path_factory.mktemp("worker"),
         concurrency=4,
-    )
-    try:
-        started.wait_ready(timeout=60)
+    ) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import NamedTuple, TypeVar
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
@@ -397,6 +397,17 @@ class CeleryWorker:
         )
         log_path = _fresh_log_path(log_dir, f"worker-{name}")
         return cls._spawn(command, _worker_env(broker_url, database_url, env), name, log_path)
+
+    @classmethod
+    @contextlib.contextmanager
+    def running(cls, **options: Any) -> Iterator[CeleryWorker]:
+        """A worker started with ``options`` (as :meth:`start`), ready; stopped after."""
+        worker = cls.start(**options)
+        try:
+            worker.wait_ready(timeout=60)
+            yield worker
+        finally:
+            worker.stop()
 
     @classmethod
     def _spawn(

@@ -50,17 +50,13 @@ def queue(amqp_url: str) -> Iterator[str]:
 def amqp_worker(
     amqp_url: str, queue: str, database_url: str, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[CeleryWorker]:
-    started = CeleryWorker.start(
+    with CeleryWorker.running(
         broker_url=amqp_url,
         database_url=database_url,
         log_dir=tmp_path_factory.mktemp("amqp-worker"),
         queues=[queue],
-    )
-    try:
-        started.wait_ready(timeout=60)
+    ) as started:
         yield started
-    finally:
-        started.stop()
 
 
 @pytest.fixture
