@@ -81,13 +81,15 @@ runs = Table(
 
 #: what a run was submitted with, written at submit and by a retry that changes it: kept
 #: out of gz_runs, whose row every finished task updates, because SQLite rewrites a whole
-#: row on update, however large its graph (migration 0005)
+#: row on update, however large its graph (migration 0005). The inputs, which every
+#: attempt's start reads, come before the graph: SQLite reaches a column after a large
+#: value only through all of that value's pages (migration 0007)
 run_definitions = Table(
     "gz_run_definitions",
     metadata,
     Column("run_id", String(36), primary_key=True),
-    Column("graph", Text, nullable=False),
     Column("inputs", Text, nullable=False),
+    Column("graph", Text, nullable=False),
 )
 
 tasks = Table(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -16,10 +17,12 @@ from sqlalchemy import event
 from gleitzeit import RunState, TaskState, Workflow
 from gleitzeit.client import plan_run
 from gleitzeit.dispatch import LedgerMarks
-from gleitzeit.store import Dispatch, ErrorInfo, Store
+from gleitzeit.store import Dispatch, ErrorInfo, Store, migrate
+from gleitzeit.store.engine import make_engine
 from gleitzeit.store.records import Published
 from gleitzeit.store.tables import metadata
-from tests.services import wait_until
+from tests.conftest import POSTGRES_ENV
+from tests.services import postgres_database, wait_until
 
 
 def chain(length: int) -> Workflow:
@@ -65,6 +68,37 @@ def test_migrations_match_the_tables(store: Store) -> None:
     with store.engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn), metadata)
     assert diff == []
+
+
+@pytest.fixture
+def empty_database_url(database_url: str, tmp_path: Path) -> Iterator[str]:
+    """A database of its own, on the server the session's store uses, with no schema."""
+    if not database_url.startswith("postgresql"):
+        yield f"sqlite:///{tmp_path / 'empty.db'}"
+        return
+    with postgres_database(os.environ[POSTGRES_ENV]) as url:
+        yield url
+
+
+def test_an_upgrade_keeps_a_run_in_flight_which_then_ends(empty_database_url: str) -> None:
+    engine = make_engine(empty_database_url)
+    migrate.upgrade(engine, "0006")  # the schema an earlier release left
+    store = Store(engine)
+    run_id = store.create_run(plan_run(chain(2), {"day": "2026-11-21"})).run_id
+    start_and_succeed(store, run_id, "t0", 1, "0")
+
+    migrate.upgrade(engine)
+    start_and_succeed(store, run_id, "t1", 1, "1")
+
+    run = store.get_run(run_id)
+    assert run.state is RunState.SUCCEEDED
+    assert run.inputs == {"day": "2026-11-21"} and run.graph == chain(2).to_dict()
+    if engine.dialect.name == "sqlite":
+        # every start reads the inputs: after the graph, SQLite would read all its pages
+        with engine.connect() as conn:
+            columns = conn.exec_driver_sql("PRAGMA table_info(gz_run_definitions)").all()
+        assert [column[1] for column in columns] == ["run_id", "inputs", "graph"]
+    engine.dispose()
 
 
 def test_submit_claims_only_the_roots(store: Store) -> None:
