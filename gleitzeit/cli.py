@@ -54,15 +54,15 @@ def _print_json(value: Any) -> None:
 
 def _show_progress(run: Run, *, interval: float = 0.2) -> None:
     """A progress bar of finished tasks until the run ends."""
-    total = run.record.tasks_total
+    total = run.progress.tasks_total
     done = 0
     with click.progressbar(length=total, label=f"run {run.id[:8]}", file=sys.stderr) as bar:
         while True:
-            record = run.record
-            finished = record.tasks_total - record.tasks_unfinished
+            progress = run.progress
+            finished = progress.tasks_total - progress.tasks_unfinished
             bar.update(finished - done)
             done = finished
-            if record.state in FINAL_RUN_STATES:
+            if progress.state in FINAL_RUN_STATES:
                 return
             time.sleep(interval)
 

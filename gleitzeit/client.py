@@ -27,7 +27,7 @@ from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState, TaskState
 from gleitzeit.store import RunPlan, RunRecord, Store, TaskRecord
 from gleitzeit.store.control import RetryRequest
-from gleitzeit.store.records import EventRecord, PlannedTask
+from gleitzeit.store.records import EventRecord, PlannedTask, RunProgress
 from gleitzeit.workflow import TaskSpec, Workflow, hash_json
 
 log = logging.getLogger(__name__)
@@ -102,8 +102,14 @@ class Run:
         return self.client.store.get_run(self.id)
 
     @property
+    def progress(self) -> RunProgress:
+        """The run's state and task counts; reads neither its graph nor its inputs, so a
+        loop may poll it as often as it likes."""
+        return self.client.store.get_progress(self.id)
+
+    @property
     def status(self) -> str:
-        return self.record.state.value
+        return self.progress.state.value
 
     @property
     def tasks(self) -> dict[str, TaskRecord]:
@@ -126,21 +132,21 @@ class Run:
         deadline = None if timeout is None else time.monotonic() + timeout
         delay = 0.01
         while True:
-            record = self.record
-            if record.state in FINAL_RUN_STATES:
+            state = self.progress.state
+            if state in FINAL_RUN_STATES:
                 break
             if deadline is not None and time.monotonic() >= deadline:
-                raise RunTimeout(f"run {self.id} is still {record.state.value} after {timeout}s")
+                raise RunTimeout(f"run {self.id} is still {state.value} after {timeout}s")
             time.sleep(delay)
             delay = min(delay * 2, interval)
-        if record.state is RunState.SUCCEEDED:
+        if state is RunState.SUCCEEDED:
             return self.results()
         errors = {
             task_id: task.error or task.state.value
             for task_id, task in self.tasks.items()
             if task.state is TaskState.FAILED
         }
-        raise WorkflowFailed(self.id, record.state.value, errors, record.error)
+        raise WorkflowFailed(self.id, state.value, errors, self.record.error)
 
 
 class Client:

@@ -1,6 +1,13 @@
 """The SQL store: schema, migrations and operations (each one transaction)."""
 
-from gleitzeit.store.records import Dispatch, ErrorInfo, RunPlan, RunRecord, TaskRecord
+from gleitzeit.store.records import (
+    Dispatch,
+    ErrorInfo,
+    RunPlan,
+    RunProgress,
+    RunRecord,
+    TaskRecord,
+)
 from gleitzeit.store.store import Store
 
-__all__ = ["Dispatch", "ErrorInfo", "RunPlan", "RunRecord", "Store", "TaskRecord"]
+__all__ = ["Dispatch", "ErrorInfo", "RunPlan", "RunProgress", "RunRecord", "Store", "TaskRecord"]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, and_, select
+from sqlalchemy import Connection, and_, bindparam, select
 
 from gleitzeit import codec
 from gleitzeit.errors import RunNotFound
@@ -13,6 +13,7 @@ from gleitzeit.store.records import (
     AttemptRecord,
     DispatchRecord,
     EventRecord,
+    RunProgress,
     RunRecord,
     TaskRecord,
     message_id,
@@ -27,6 +28,12 @@ from gleitzeit.store.tables import (
     tasks,
 )
 
+#: what a waiting caller polls: the run's row only (its definition, read and parsed at
+#: every poll, cost a caller waiting on a 5,000-task run 2 ms of CPU per task)
+_PROGRESS = select(
+    runs.c.state, runs.c.tasks_total, runs.c.tasks_unfinished, runs.c.tasks_failed
+).where(runs.c.id == bindparam("r"))
+
 #: a run's row with its definition
 _RUNS = select(runs, run_definitions.c.graph, run_definitions.c.inputs).join(
     run_definitions, run_definitions.c.run_id == runs.c.id
@@ -38,6 +45,13 @@ def get_run(conn: Connection, run_id: str) -> RunRecord:
     if row is None:
         raise RunNotFound(run_id)
     return _run_record(row)
+
+
+def get_progress(conn: Connection, run_id: str) -> RunProgress:
+    row = conn.execute(_PROGRESS, {"r": run_id}).one_or_none()
+    if row is None:
+        raise RunNotFound(run_id)
+    return RunProgress(RunState(row.state), *row[1:])
 
 
 def list_runs(

@@ -110,6 +110,16 @@ class Recorded:
 
 
 @dataclass(frozen=True)
+class RunProgress:
+    """A run's state and task counts: what waiting on a run reads, without its definition."""
+
+    state: RunState
+    tasks_total: int
+    tasks_unfinished: int
+    tasks_failed: int
+
+
+@dataclass(frozen=True)
 class RunRecord:
     id: str
     name: str

@@ -45,6 +45,7 @@ from gleitzeit.store.records import (
     Repair,
     RunCount,
     RunPlan,
+    RunProgress,
     RunRecord,
     StartedAttempt,
     StuckRun,
@@ -734,6 +735,10 @@ class Store:
 
     def get_run(self, run_id: str) -> RunRecord:
         return self._transaction(lambda conn: reads.get_run(conn, run_id), read=True)
+
+    def get_progress(self, run_id: str) -> RunProgress:
+        """The run's state and task counts, without its graph and inputs: cheap to poll."""
+        return self._transaction(lambda conn: reads.get_progress(conn, run_id), read=True)
 
     def list_runs(
         self, *, status: str | None = None, name: str | None = None, limit: int = 50

@@ -5,16 +5,19 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from sqlalchemy import event
 
 from gleitzeit import (
     Client,
     IdempotencyConflict,
+    RunState,
     TaskState,
     Workflow,
     WorkflowFailed,
     WorkflowValidationError,
 )
 from gleitzeit.dispatch import EXECUTE_TASK
+from gleitzeit.store.records import RunProgress
 from tests import tasks
 from tests.cluster import marked_ledger
 from tests.services import wait_until
@@ -86,6 +89,29 @@ def test_chain_of_100(client: Client, marks: str) -> None:
     assert results["step99"] == 99
     assert len(results) == 100
     assert_dispatched_once(client, run.id)
+
+
+def test_waiting_on_a_run_polls_its_progress_not_its_definition(client: Client) -> None:
+    wf = Workflow("chain-20")
+    previous = wf.task("step0", tasks.value, params={"value": 0})
+    for i in range(1, 20):
+        previous = wf.task(f"step{i}", tasks.add, params={"a": previous.result, "b": 1})
+    run = client.submit(wf)
+    seen: list[str] = []
+
+    def record(conn: object, cursor: object, statement: str, *args: object) -> None:
+        seen.append(statement)
+
+    event.listen(client.store.engine, "before_cursor_execute", record)
+    try:
+        assert run.wait(timeout=WAIT)["step19"] == 19
+    finally:
+        event.remove(client.store.engine, "before_cursor_execute", record)
+
+    polls = [s for s in seen if "FROM gz_runs" in s]
+    assert polls, "wait read nothing"
+    assert not [s for s in seen if "gz_run_definitions" in s]
+    assert run.progress == RunProgress(RunState.SUCCEEDED, 20, 0, 0)
 
 
 def test_references_keep_types_and_render_in_strings(client: Client) -> None:
