@@ -141,6 +141,13 @@ class Store:
         ``autocommit``: ``work`` runs a single statement, which is its own transaction
         (one round trip, no ``BEGIN``/``COMMIT``).
         """
+        try:
+            # the common case pays nothing for retrying: a worker's task runs two of these,
+            # and setting up tenacity's loop cost a tenth of a short transaction
+            return self._once(work, read=read, autocommit=autocommit)
+        except SQLAlchemyError as exc:
+            if not _is_transient(exc):
+                raise StorageFailure(f"store operation failed: {exc}", transient=False) from exc
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_delay(self.retry_seconds),
@@ -149,17 +156,21 @@ class Store:
         )
         try:
             for attempt in retrying:
-                with attempt, self.engine.connect() as conn:
-                    if autocommit:
-                        return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
-                    if read:
-                        conn = conn.execution_options(gz_read=True)
-                    with conn.begin():
-                        return work(conn)
+                with attempt:
+                    return self._once(work, read=read, autocommit=autocommit)
         except SQLAlchemyError as exc:
             transient = _is_transient(exc)
             raise StorageFailure(f"store operation failed: {exc}", transient=transient) from exc
         raise AssertionError("unreachable: tenacity reraises")
+
+    def _once(self, work: Callable[[Connection], T], *, read: bool, autocommit: bool) -> T:
+        with self.engine.connect() as conn:
+            if autocommit:
+                return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
+            if read:
+                conn = conn.execution_options(gz_read=True)
+            with conn.begin():
+                return work(conn)
 
     # -- submit --------------------------------------------------------------------------
 

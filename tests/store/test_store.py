@@ -12,9 +12,10 @@ from typing import Any
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import event
+from sqlalchemy import Connection, event, text
+from sqlalchemy.exc import IntegrityError, OperationalError
 
-from gleitzeit import RunState, TaskState, Workflow
+from gleitzeit import RunState, StorageFailure, TaskState, Workflow
 from gleitzeit.client import plan_run
 from gleitzeit.dispatch import LedgerMarks
 from gleitzeit.store import Dispatch, ErrorInfo, Store, migrate
@@ -373,3 +374,29 @@ def test_marks_taken_by_a_failed_start_are_given_back_and_kept(store: Store) -> 
     marks.give_back(taken)  # as the executor does when the start's transaction raises
 
     assert [p.dispatch for p in marks.take()] == released
+
+
+def test_a_transaction_is_tried_again_while_the_database_fails_transiently(store: Store) -> None:
+    tries: list[int] = []
+
+    def work(conn: Connection) -> int:
+        tries.append(1)
+        if len(tries) < 3:
+            raise OperationalError("SELECT 1", {}, ConnectionError("server closed the connection"))
+        return int(conn.execute(text("SELECT 1")).scalar_one())
+
+    assert store._transaction(work) == 1
+    assert len(tries) == 3
+
+
+def test_a_transaction_that_fails_for_good_is_not_tried_again(store: Store) -> None:
+    tries: list[int] = []
+
+    def work(conn: Connection) -> None:
+        tries.append(1)
+        raise IntegrityError("INSERT", {}, ValueError("duplicate key"))
+
+    with pytest.raises(StorageFailure) as failed:
+        store._transaction(work)
+    assert not failed.value.transient and isinstance(failed.value.__cause__, IntegrityError)
+    assert len(tries) == 1
