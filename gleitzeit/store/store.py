@@ -143,7 +143,7 @@ class Store:
         """
         try:
             # the common case pays nothing for retrying: a worker's task runs two of these,
-            # and setting up tenacity's loop cost a tenth of a short transaction
+            # and setting up tenacity's loop cost more than the rest of an empty one
             return self._once(work, read=read, autocommit=autocommit)
         except SQLAlchemyError as exc:
             if not _is_transient(exc):

@@ -2,10 +2,10 @@
 
 Every attempt's start reads its run's inputs. SQLite keeps a row's columns in order and
 a large value in a chain of overflow pages; to reach a column after the graph it follows
-the graph's whole chain, page by page. A 5,000-task run's graph fills some 150 pages:
+the graph's whole chain, page by page. A 5,000-task run's graph fills some 270 pages:
 each start read them all (again after every other process's write, which empties a
-connection's page cache), and on two worker processes the store's work per task cost a
-third more at 5,000 tasks than at 500. With the inputs first, a start reads one page.
+connection's page cache), and on two worker processes the store's work per task cost two
+fifths more at 5,000 tasks than at 500. With the inputs first, a start reads one page.
 PostgreSQL keeps large values out of line and reads a column without the others: its
 table stays as it is.
 
