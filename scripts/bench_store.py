@@ -22,19 +22,11 @@ import tempfile
 import time
 from multiprocessing.connection import Connection
 
-from bench import delete_runs  # puts the repository on sys.path, as every script here
+from bench import delete_runs, gz_wide_workflow  # puts the repository on sys.path
 
-from gleitzeit import Workflow
 from gleitzeit.client import plan_run
 from gleitzeit.store import Dispatch, Store
 from gleitzeit.store.records import Holder
-
-
-def wide(n: int) -> Workflow:
-    wf = Workflow("bench-store")
-    for i in range(n):
-        wf.task(f"t{i}", "bench.noop", params={"i": i})
-    return wf
 
 
 def run_share(url: str, share: list[Dispatch], ready: Connection, go: Connection) -> None:
@@ -55,7 +47,7 @@ def run_share(url: str, share: list[Dispatch], ready: Connection, go: Connection
 def measure(url: str, tasks: int, processes: int) -> tuple[float, float]:
     """Seconds of wall time and of CPU time (all processes) per task, for one run."""
     store = Store.open(url)
-    dispatches = store.create_run(plan_run(wide(tasks), {})).dispatches
+    dispatches = store.create_run(plan_run(gz_wide_workflow(tasks), {})).dispatches
     try:
         return _timed(store, url, dispatches, processes)
     finally:

@@ -51,7 +51,12 @@ def get_progress(conn: Connection, run_id: str) -> RunProgress:
     row = conn.execute(_PROGRESS, {"r": run_id}).one_or_none()
     if row is None:
         raise RunNotFound(run_id)
-    return RunProgress(RunState(row.state), *row[1:])
+    return RunProgress(
+        state=RunState(row.state),
+        tasks_total=row.tasks_total,
+        tasks_unfinished=row.tasks_unfinished,
+        tasks_failed=row.tasks_failed,
+    )
 
 
 def list_runs(

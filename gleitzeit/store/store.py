@@ -80,6 +80,10 @@ def _is_transient(exc: BaseException) -> bool:
     return isinstance(exc, OperationalError)
 
 
+def _storage_failure(exc: SQLAlchemyError) -> StorageFailure:
+    return StorageFailure(f"store operation failed: {exc}", transient=_is_transient(exc))
+
+
 class Store:
     """gleitzeit's state in SQL: runs, tasks, attempts, the dispatch ledger, history."""
 
@@ -147,7 +151,7 @@ class Store:
             return self._once(work, read=read, autocommit=autocommit)
         except SQLAlchemyError as exc:
             if not _is_transient(exc):
-                raise StorageFailure(f"store operation failed: {exc}", transient=False) from exc
+                raise _storage_failure(exc) from exc
         retrying = Retrying(
             retry=retry_if_exception(_is_transient),
             stop=stop_after_delay(self.retry_seconds),
@@ -159,8 +163,7 @@ class Store:
                 with attempt:
                     return self._once(work, read=read, autocommit=autocommit)
         except SQLAlchemyError as exc:
-            transient = _is_transient(exc)
-            raise StorageFailure(f"store operation failed: {exc}", transient=transient) from exc
+            raise _storage_failure(exc) from exc
         raise AssertionError("unreachable: tenacity reraises")
 
     def _once(self, work: Callable[[Connection], T], *, read: bool, autocommit: bool) -> T:
