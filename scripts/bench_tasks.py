@@ -8,9 +8,10 @@ by calling the decorators (not with ``@``) so that they keep their types for myp
 
 With ``BENCH_COUNT_SQL=1`` in the worker's environment, every SQL statement and every commit of
 any SQLAlchemy engine in the worker's processes is counted (a ``before_cursor_execute`` and a
-``commit`` listener on the ``Engine`` class; a statement run in autocommit counts as a commit
-too), into counters in shared memory that the prefork children inherit; the plain task
-``bench.sql_count`` returns their totals.
+``commit`` listener on the ``Engine`` class), and so is every statement the store runs on
+psycopg directly (``gleitzeit.store.direct.listen``: a task's start and success on PostgreSQL,
+each in autocommit, so each also counts as a commit), into counters in shared memory that the
+prefork children inherit; the plain task ``bench.sql_count`` returns their totals.
 """
 
 from __future__ import annotations
@@ -96,22 +97,30 @@ class SqlCounter:
     def install(self) -> None:
         from sqlalchemy import Engine, event
 
+        from gleitzeit.store import direct
+
         event.listen(Engine, "before_cursor_execute", self._on_statement)
         event.listen(Engine, "commit", self._on_commit)
+        direct.listen(self._on_direct_statement)
 
-    def _on_statement(self, conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
+    def _on_statement(self, _conn: Any, _cursor: Any, statement: str, *_rest: Any) -> None:
         # SQLite's explicit "BEGIN IMMEDIATE" is a statement; PostgreSQL's implicit BEGIN is
         # not. Leaving it out keeps the two stores comparable.
-        if statement.startswith("BEGIN"):
-            return
-        with self.statements.get_lock():
-            self.statements.value += 1
-        if conn.get_execution_options().get("isolation_level") == "AUTOCOMMIT":
-            self._on_commit(conn)  # a statement in autocommit is a transaction of its own
+        if not statement.startswith("BEGIN"):
+            self._count(self.statements)
 
     def _on_commit(self, _conn: Any) -> None:
-        with self.commits.get_lock():
-            self.commits.value += 1
+        self._count(self.commits)
+
+    def _on_direct_statement(self, _statement: str) -> None:
+        # in autocommit: a transaction of its own
+        self._count(self.statements)
+        self._count(self.commits)
+
+    @staticmethod
+    def _count(counter: Any) -> None:
+        with counter.get_lock():
+            counter.value += 1
 
     def totals(self) -> dict[str, int]:
         return {"statements": self.statements.value, "commits": self.commits.value}

@@ -31,7 +31,7 @@ from gleitzeit.states import (
     run_sources,
     task_moves,
 )
-from gleitzeit.store import control, failures, reads, recovery, statements, sweep
+from gleitzeit.store import control, direct, failures, reads, recovery, statements, sweep
 from gleitzeit.store.engine import engine_for
 from gleitzeit.store.migrate import ensure_schema
 from gleitzeit.store.records import (
@@ -99,8 +99,9 @@ class Store:
         self.engine = engine
         self.lease_seconds = lease_seconds
         self.retry_seconds = retry_seconds
-        #: a task's start and success each as one statement (see ``statements.PG_START``)
-        self.one_statement_progress = engine.dialect.name == "postgresql"
+        #: a task's start and success each as one statement, run on the driver's connection
+        #: (see ``statements.PG_START`` and ``direct``); None on SQLite
+        self.direct = direct.DirectStatements(engine) if direct.supported(engine) else None
 
     @classmethod
     def open(
@@ -137,18 +138,17 @@ class Store:
 
     # -- transactions --------------------------------------------------------------------
 
-    def _transaction(
-        self, work: Callable[[Connection], T], *, read: bool = False, autocommit: bool = False
-    ) -> T:
-        """Run ``work`` in one transaction, retried while the database is unreachable or busy.
+    def _transaction(self, work: Callable[[Connection], T], *, read: bool = False) -> T:
+        """Run ``work`` in one transaction, retried while the database is unreachable or busy."""
+        return self._retried(lambda: self._once(work, read=read))
 
-        ``autocommit``: ``work`` runs a single statement, which is its own transaction
-        (one round trip, no ``BEGIN``/``COMMIT``).
-        """
+    def _retried(self, call: Callable[[], T]) -> T:
+        """``call()``, called again while it fails with a transient error, for up to
+        ``retry_seconds``; its ``SQLAlchemyError`` raised as :class:`StorageFailure`."""
         try:
             # the common case pays nothing for retrying: a worker's task runs two of these,
             # and setting up tenacity's loop cost more than the rest of an empty one
-            return self._once(work, read=read, autocommit=autocommit)
+            return call()
         except SQLAlchemyError as exc:
             if not _is_transient(exc):
                 raise _storage_failure(exc) from exc
@@ -161,15 +161,13 @@ class Store:
         try:
             for attempt in retrying:
                 with attempt:
-                    return self._once(work, read=read, autocommit=autocommit)
+                    return call()
         except SQLAlchemyError as exc:
             raise _storage_failure(exc) from exc
         raise AssertionError("unreachable: tenacity reraises")
 
-    def _once(self, work: Callable[[Connection], T], *, read: bool, autocommit: bool) -> T:
+    def _once(self, work: Callable[[Connection], T], *, read: bool) -> T:
         with self.engine.connect() as conn:
-            if autocommit:
-                return work(conn.execution_options(isolation_level="AUTOCOMMIT"))
             if read:
                 conn = conn.execution_options(gz_read=True)
             with conn.begin():
@@ -315,12 +313,12 @@ class Store:
         """
 
         holder = holder or Holder(None, None)
-        if self.one_statement_progress:
-            started = self._transaction(
-                lambda conn: self._start_in_one(
-                    conn, run_id, task_id, attempt, worker, holder, published
-                ),
-                autocommit=True,
+        if self.direct is not None:
+            found = self.direct
+            started = self._retried(
+                lambda: self._start_in_one(
+                    found, run_id, task_id, attempt, worker, holder, published
+                )
             )
             if started is not None:
                 return started
@@ -334,7 +332,7 @@ class Store:
 
     def _start_in_one(
         self,
-        conn: Connection,
+        found: direct.DirectStatements,
         run_id: str,
         task_id: str,
         attempt: int,
@@ -343,7 +341,7 @@ class Store:
         published: Sequence[Published],
     ) -> StartedAttempt | None:
         now = time.monotonic()
-        row = conn.execute(
+        rows = found.run(
             statements.PG_START,
             {
                 "mr": [p.dispatch.run_id for p in published],
@@ -358,9 +356,10 @@ class Store:
                 "host": holder.host,
                 "pid": holder.pid,
             },
-        ).one_or_none()
-        if row is None:
+        )
+        if not rows:
             return None
+        (row,) = rows
         return _started(run_id, task_id, attempt, row, (row.results or {}).items())
 
     def _start(
@@ -443,10 +442,10 @@ class Store:
 
     def record_success(self, run_id: str, task_id: str, attempt: int, result: str) -> Recorded:
         """Store the attempt's result, release its children; claim those now ready."""
-        if self.one_statement_progress:
-            recorded = self._transaction(
-                lambda conn: self._succeed_in_one(conn, run_id, task_id, attempt, result),
-                autocommit=True,
+        if self.direct is not None:
+            found = self.direct
+            recorded = self._retried(
+                lambda: self._succeed_in_one(found, run_id, task_id, attempt, result)
             )
             if recorded is not None:
                 return recorded
@@ -455,11 +454,11 @@ class Store:
         )
 
     def _succeed_in_one(
-        self, conn: Connection, run_id: str, task_id: str, attempt: int, result: str
+        self, found: direct.DirectStatements, run_id: str, task_id: str, attempt: int, result: str
     ) -> Recorded | None:
-        rows = conn.execute(
+        rows = found.run(
             statements.PG_SUCCEED, {"r": run_id, "t": task_id, "a": attempt, "result": result}
-        ).all()
+        )
         if not rows:
             return None  # not the common case: nothing was changed
         claimed = [
