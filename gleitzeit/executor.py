@@ -187,9 +187,18 @@ class Executor:
                 recorded = self.store.record_failure(
                     run_id, task_id, attempt, outcome.error, retry_in=outcome.retry_in
                 )
+                self.dispatcher.publish(recorded.dispatches)
             else:
-                recorded = self.store.record_success(run_id, task_id, attempt, outcome)
+                self._succeed(run_id, task_id, attempt, outcome)
+
+    def _succeed(self, run_id: str, task_id: str, attempt: int, result: str) -> None:
+        recorded = self.store.record_success(run_id, task_id, attempt, result)
         self.dispatcher.publish(recorded.dispatches)
+        if not recorded.durable:
+            # the children are on their way while the success reaches the disk; the message
+            # is acknowledged (the task returns) only once it has
+            confirmed = self.store.confirm_success(run_id, task_id, attempt, result)
+            self.dispatcher.publish(confirmed.dispatches)
 
     def _recover_if_holder_gone(self, run_id: str, task_id: str, attempt: int) -> None:
         """A redelivered message whose attempt's process on this machine has died."""

@@ -103,10 +103,15 @@ class StartedAttempt:
 
 @dataclass(frozen=True)
 class Recorded:
-    """The outcome of recording an attempt: whether it counted, and what to publish."""
+    """The outcome of recording an attempt: whether it counted, and what to publish.
+
+    ``durable`` is False for a success whose commit did not wait for the disk (PostgreSQL's
+    common case): ``Store.confirm_success`` waits for it before the message is acknowledged.
+    """
 
     recorded: bool
     dispatches: list[Dispatch] = field(default_factory=list)
+    durable: bool = True
 
 
 @dataclass(frozen=True)

@@ -200,8 +200,8 @@ def _state_in(column: str, states: Sequence[str]) -> str:
 #: Its commit is asynchronous (``synchronous_commit = off`` for this transaction only): a
 #: start lost with the database server's last instants of WAL leaves the attempt queued,
 #: the worker's outcome is then fenced off and the attempt runs again once the reconciler
-#: republishes it: the at-least-once every crash already means. The outcome's commit,
-#: which the message's acknowledgement waits for, stays synchronous.
+#: republishes it: the at-least-once every crash already means. The message is acknowledged
+#: only after its outcome is on disk (``PG_CONFIRM_SUCCESS``).
 PG_START = text(
     f"""
 WITH marked AS (
@@ -247,7 +247,12 @@ _READY = (
 )
 
 #: records the attempt's success, counts it, releases its children and claims (with their
-#: ledger rows) those now ready; no row when the general path must do it
+#: ledger rows) those now ready; no row when the general path must do it. Its commit is
+#: asynchronous, as the start's: a synchronous one would hold the lock on the run's row,
+#: which every success of the run takes to count itself, while the WAL is written to disk,
+#: and the run's successes would wait for each other's disk writes one after the other.
+#: ``PG_CONFIRM_SUCCESS`` then waits for the disk with no lock held, before the message
+#: is acknowledged.
 PG_SUCCEED = text(
     f"""
 WITH fenced AS (
@@ -288,8 +293,22 @@ WITH fenced AS (
     INSERT INTO gz_dispatches (run_id, task_id, attempt, queue, countdown, publish_count,
                                created_at)
     SELECT :r, task_id, attempt, options::json ->> 'queue', 0, 0, {_NOW} FROM claimed
+), lazy_commit AS (
+    SELECT set_config('synchronous_commit', 'off', true) AS previous
 )
 SELECT claimed.task_id, claimed.attempt, claimed.options
-FROM counted LEFT JOIN claimed ON true
+FROM counted CROSS JOIN lazy_commit LEFT JOIN claimed ON true
+"""
+)
+
+#: the state of the attempt whose success ``PG_SUCCEED`` committed lazily, returned once that
+#: commit is on disk: this statement's own transaction takes a transaction id, so its commit
+#: is written and, synchronous, waits until the WAL is on disk up to its own record, past
+#: every commit it could see. ``succeeded``: the success is durable. ``running``: the success
+#: was lost with the database server's last instants of WAL (only after a reconnection).
+PG_CONFIRM_SUCCESS = text(
+    """
+SELECT pg_current_xact_id() AS transaction,
+    (SELECT state FROM gz_attempts WHERE run_id = :r AND task_id = :t AND attempt = :a) AS state
 """
 )

@@ -466,7 +466,39 @@ class Store:
             for row in rows
             if row.task_id is not None
         ]
-        return Recorded(True, claimed)
+        return Recorded(True, claimed, durable=False)
+
+    def confirm_success(self, run_id: str, task_id: str, attempt: int, result: str) -> Recorded:
+        """Return once the success ``record_success`` committed lazily is on disk.
+
+        One statement (``statements.PG_CONFIRM_SUCCESS``), retried as any other. When it
+        finds the attempt still running, the database server lost the success with its last
+        WAL (a crash between the two): it is recorded again, synchronously, and the children
+        that claims are returned to be published. A success found neither (the reconciler
+        gave the attempt up meanwhile) is not recorded.
+        """
+        found = self.direct
+        if found is None:
+            return Recorded(True)  # every commit of the general path waits for the disk
+        row = self._retried(
+            lambda: found.run(
+                statements.PG_CONFIRM_SUCCESS, {"r": run_id, "t": task_id, "a": attempt}
+            )
+        )[0]
+        if row.state == TaskState.SUCCEEDED.value:
+            return Recorded(True)
+        if row.state != TaskState.RUNNING.value:
+            return Recorded(False)
+        log.warning(
+            "run %s task %s attempt %d: its success was lost with the database server; "
+            "recording it again",
+            run_id,
+            task_id,
+            attempt,
+        )
+        return self._transaction(
+            lambda conn: self._record_success(conn, run_id, task_id, attempt, result)
+        )
 
     def _record_success(
         self, conn: Connection, run_id: str, task_id: str, attempt: int, result: str

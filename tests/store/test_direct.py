@@ -1,5 +1,7 @@
-"""A task's start and success on PostgreSQL, run on psycopg directly (``gleitzeit.store.direct``),
-against a real server: a connection the server dropped and a statement that fails for good."""
+"""A task's start and success on PostgreSQL, against a real server: run on psycopg directly
+(``gleitzeit.store.direct``), with a connection the server dropped, a server that cannot be
+reached and a statement that fails for good; the success's lazy commit and its confirmation
+on disk (``Store.confirm_success``), also when the server lost it."""
 
 from __future__ import annotations
 
@@ -16,9 +18,10 @@ from gleitzeit import StorageFailure, TaskState
 from gleitzeit.client import plan_run
 from gleitzeit.store import Store
 from gleitzeit.store.engine import make_engine
+from gleitzeit.store.records import Recorded
 from tests.conftest import POSTGRES_ENV
 from tests.services import free_port, postgres_database
-from tests.store.test_store import chain
+from tests.store.test_store import chain, fan
 
 DEADLINE_SECONDS = 10.0
 
@@ -111,3 +114,77 @@ def test_a_server_that_cannot_be_reached_is_a_transient_failure_tried_again() ->
 
     assert failed.value.transient and isinstance(failed.value.__cause__, OperationalError)
     assert len(tries) > 1
+
+
+# -- a success's commit does not wait for the disk; confirm_success does ---------------------
+
+
+def test_a_success_is_confirmed_on_disk_before_its_message_is_acknowledged(
+    postgres_store: Store,
+) -> None:
+    store = postgres_store
+    run_id = store.create_run(plan_run(fan(2), {})).run_id
+    assert store.start_attempt(run_id, "start", 1, worker="test") is not None
+
+    recorded = store.record_success(run_id, "start", 1, "1")
+    confirmed = store.confirm_success(run_id, "start", 1, "1")
+
+    assert recorded.recorded and not recorded.durable
+    assert sorted(d.task_id for d in recorded.dispatches) == ["p0", "p1"]
+    assert confirmed == Recorded(True)  # nothing more to publish
+    assert store.get_tasks(run_id)["start"].state is TaskState.SUCCEEDED
+
+
+def test_a_success_the_server_lost_is_recorded_again_when_confirmed(postgres_store: Store) -> None:
+    # A crash of the server between the success's commit and its confirmation can take the
+    # success with the last WAL: the whole transaction, so the run is as if it had never
+    # been recorded. That state, made here by not recording it:
+    store = postgres_store
+    run_id = store.create_run(plan_run(fan(2), {})).run_id
+    assert store.start_attempt(run_id, "start", 1, worker="test") is not None
+
+    confirmed = store.confirm_success(run_id, "start", 1, "1")
+
+    assert confirmed.recorded and confirmed.durable
+    assert sorted(d.task_id for d in confirmed.dispatches) == ["p0", "p1"]
+    tasks = store.get_tasks(run_id)
+    assert tasks["start"].state is TaskState.SUCCEEDED and tasks["start"].result == 1
+    assert {tasks[t].state for t in ("p0", "p1")} == {TaskState.QUEUED}
+
+
+def test_a_confirmation_whose_connection_the_server_dropped_is_tried_on_a_new_one(
+    postgres_store: Store,
+) -> None:
+    store = postgres_store
+    run_id = store.create_run(plan_run(fan(2), {})).run_id
+    assert store.start_attempt(run_id, "start", 1, worker="test") is not None
+    store.engine.dispose()
+    recorded = store.record_success(run_id, "start", 1, "1")
+    _terminate(store, _backend_of_pooled_connection(store))
+
+    confirmed = store.confirm_success(run_id, "start", 1, "1")
+
+    assert recorded.recorded and confirmed == Recorded(True)
+    assert store.get_tasks(run_id)["start"].state is TaskState.SUCCEEDED
+    # recorded once: no second release of the children, no ignored outcome in the history
+    assert {d.task_id: d.attempt for d in store.get_dispatches(run_id)} == {
+        "start": 1,
+        "p0": 1,
+        "p1": 1,
+    }
+    assert not [e for e in store.get_events(run_id) if e.type == "outcome_ignored"]
+
+
+def test_a_success_lost_after_its_attempt_was_given_up_on_is_not_recorded(
+    postgres_store: Store,
+) -> None:
+    store = postgres_store
+    run_id = store.create_run(plan_run(fan(2), {})).run_id
+    assert store.start_attempt(run_id, "start", 1, worker="test") is not None
+    store.attempt_lost(run_id, "start", 1, reason="the test's worker is gone", max_lost=3)
+
+    confirmed = store.confirm_success(run_id, "start", 1, "1")
+
+    assert confirmed == Recorded(False)
+    start = store.get_tasks(run_id)["start"]
+    assert start.state is TaskState.RETRYING and start.attempt == 2  # a new attempt, not it

@@ -217,7 +217,8 @@ def test_finishing_a_task_costs_the_same_in_a_small_and_a_huge_graph(
 
     assert small == huge
     if store.direct is not None:
-        # PostgreSQL: the start and the success are one statement each, in autocommit
+        # PostgreSQL: the start and the success are one statement each, in autocommit (the
+        # worker then waits for the success on disk with a third: Store.confirm_success)
         assert small == 2
     else:
         # start: move, attempt row, parents' results; finish: move, attempt row, run
