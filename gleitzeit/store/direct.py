@@ -10,7 +10,8 @@ stay SQLAlchemy's), run on psycopg's cursor in autocommit, and give it back.
 
 A failure is raised as SQLAlchemy's exception for it, so the store retries it as any other
 (a lost connection, a deadlock), and the connection it happened on is invalidated: thrown
-away, not given back. SQLAlchemy's engine events do not see these statements; callables
+away, not given back; so is one whose statement was interrupted (a time limit's exception),
+which may still be in autocommit. SQLAlchemy's engine events do not see these statements; callables
 given to :func:`listen` do, with each statement's SQL (the tests and the benchmark count
 statements with them).
 """
@@ -78,6 +79,11 @@ class DirectStatements:
                 lost = self._engine.dialect.is_disconnect(cast(Any, exc), connection, None)
                 pooled.invalidate(exc)
                 raise self._failure(sql, params, exc, lost=lost) from exc
+            except BaseException as exc:
+                # interrupted (a time limit's exception, a signal): the connection may be in
+                # autocommit or mid-statement, and must not serve a transaction again
+                pooled.invalidate(exc)
+                raise
             return rows
         finally:
             pooled.close()

@@ -97,6 +97,32 @@ def test_a_statement_that_fails_for_good_is_raised_once_and_its_connection_throw
     assert [row.ratio for row in direct.run(text("SELECT 2 / :two AS ratio"), {"two": 2})] == [1]
 
 
+class Interrupted(BaseException):
+    """Raised in the middle of a statement, as a time limit's exception or a signal's is."""
+
+
+def test_a_statement_interrupted_midway_does_not_give_its_connection_back(
+    postgres_store: Store, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = postgres_store
+    direct = store.direct
+    assert direct is not None
+    store.engine.dispose()
+    used = _backend_of_pooled_connection(store)
+
+    def interrupt(_cursor: object) -> object:
+        raise Interrupted  # once the statement ran, before its connection leaves autocommit
+
+    monkeypatch.setattr(direct, "_rows", interrupt)
+    with pytest.raises(Interrupted):
+        direct.run(text("SELECT 1 AS one"), {})
+    monkeypatch.undo()
+
+    with store.engine.connect() as conn:
+        assert not conn.connection.driver_connection.autocommit  # type: ignore[union-attr]
+    assert _backend_of_pooled_connection(store) != used
+
+
 def test_a_server_that_cannot_be_reached_is_a_transient_failure_tried_again() -> None:
     # nothing listens on the port: every connection is refused, by the pool's connect
     store = Store(make_engine(f"postgresql://postgres@127.0.0.1:{free_port()}/none"))
