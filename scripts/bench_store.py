@@ -1,7 +1,8 @@
 """The store alone: a worker's store work per task, by store and number of processes.
 
 Each process takes its share of a run's independent tasks and does for each what a worker
-does around a task's body: ``start_attempt`` then ``record_success`` (two transactions).
+does around a task's body: ``start_attempt`` then ``record_success`` (two transactions; on
+PostgreSQL a third, ``confirm_success``, waits for the success on disk).
 No Celery, no broker: what one task costs the store, and how that changes when several
 processes write at once. Prints, per store and process count, the wall time per task and
 the CPU time per task summed over the processes (median of ``--repeat`` runs, each on a
@@ -39,7 +40,8 @@ def run_share(url: str, share: list[Dispatch], ready: Connection, go: Connection
     before = resource.getrusage(resource.RUSAGE_SELF)
     for d in share:
         store.start_attempt(d.run_id, d.task_id, d.attempt, worker="bench", holder=holder)
-        store.record_success(d.run_id, d.task_id, d.attempt, "1")
+        if not store.record_success(d.run_id, d.task_id, d.attempt, "1").durable:
+            store.confirm_success(d.run_id, d.task_id, d.attempt, "1")
     after = resource.getrusage(resource.RUSAGE_SELF)
     ready.send(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
 

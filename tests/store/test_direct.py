@@ -17,6 +17,7 @@ from sqlalchemy.exc import DataError, OperationalError
 from gleitzeit import StorageFailure, TaskState
 from gleitzeit.client import plan_run
 from gleitzeit.store import Store
+from gleitzeit.store.direct import DirectStatements
 from gleitzeit.store.engine import make_engine
 from gleitzeit.store.records import Recorded
 from tests.conftest import POSTGRES_ENV
@@ -55,6 +56,14 @@ def _terminate(store: Store, pid: int) -> None:
             time.sleep(0.01)
 
 
+def _direct_on_one_connection(store: Store) -> tuple[DirectStatements, int]:
+    """The store's direct statements, its pool emptied and one connection made: that
+    connection's server process."""
+    assert store.direct is not None
+    store.engine.dispose()
+    return store.direct, _backend_of_pooled_connection(store)
+
+
 def test_a_success_whose_connection_the_server_dropped_is_recorded_on_a_new_one(
     postgres_store: Store,
 ) -> None:
@@ -77,10 +86,7 @@ def test_a_statement_that_fails_for_good_is_raised_once_and_its_connection_throw
     postgres_store: Store,
 ) -> None:
     store = postgres_store
-    direct = store.direct
-    assert direct is not None
-    store.engine.dispose()
-    used = _backend_of_pooled_connection(store)
+    direct, used = _direct_on_one_connection(store)
     tries: list[int] = []
 
     def divide() -> object:
@@ -105,10 +111,7 @@ def test_a_statement_interrupted_midway_does_not_give_its_connection_back(
     postgres_store: Store, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     store = postgres_store
-    direct = store.direct
-    assert direct is not None
-    store.engine.dispose()
-    used = _backend_of_pooled_connection(store)
+    direct, used = _direct_on_one_connection(store)
 
     def interrupt(_cursor: object) -> object:
         raise Interrupted  # once the statement ran, before its connection leaves autocommit
@@ -145,12 +148,18 @@ def test_a_server_that_cannot_be_reached_is_a_transient_failure_tried_again() ->
 # -- a success's commit does not wait for the disk; confirm_success does ---------------------
 
 
+def _run_with_its_root_started(store: Store) -> str:
+    """A run of ``start`` and two children, ``start``'s first attempt running."""
+    run_id = store.create_run(plan_run(fan(2), {})).run_id
+    assert store.start_attempt(run_id, "start", 1, worker="test") is not None
+    return run_id
+
+
 def test_a_success_is_confirmed_on_disk_before_its_message_is_acknowledged(
     postgres_store: Store,
 ) -> None:
     store = postgres_store
-    run_id = store.create_run(plan_run(fan(2), {})).run_id
-    assert store.start_attempt(run_id, "start", 1, worker="test") is not None
+    run_id = _run_with_its_root_started(store)
 
     recorded = store.record_success(run_id, "start", 1, "1")
     confirmed = store.confirm_success(run_id, "start", 1, "1")
@@ -166,8 +175,7 @@ def test_a_success_the_server_lost_is_recorded_again_when_confirmed(postgres_sto
     # success with the last WAL: the whole transaction, so the run is as if it had never
     # been recorded. That state, made here by not recording it:
     store = postgres_store
-    run_id = store.create_run(plan_run(fan(2), {})).run_id
-    assert store.start_attempt(run_id, "start", 1, worker="test") is not None
+    run_id = _run_with_its_root_started(store)
 
     confirmed = store.confirm_success(run_id, "start", 1, "1")
 
@@ -182,8 +190,7 @@ def test_a_confirmation_whose_connection_the_server_dropped_is_tried_on_a_new_on
     postgres_store: Store,
 ) -> None:
     store = postgres_store
-    run_id = store.create_run(plan_run(fan(2), {})).run_id
-    assert store.start_attempt(run_id, "start", 1, worker="test") is not None
+    run_id = _run_with_its_root_started(store)
     store.engine.dispose()
     recorded = store.record_success(run_id, "start", 1, "1")
     _terminate(store, _backend_of_pooled_connection(store))
@@ -205,8 +212,7 @@ def test_a_success_lost_after_its_attempt_was_given_up_on_is_not_recorded(
     postgres_store: Store,
 ) -> None:
     store = postgres_store
-    run_id = store.create_run(plan_run(fan(2), {})).run_id
-    assert store.start_attempt(run_id, "start", 1, worker="test") is not None
+    run_id = _run_with_its_root_started(store)
     store.attempt_lost(run_id, "start", 1, reason="the test's worker is gone", max_lost=3)
 
     confirmed = store.confirm_success(run_id, "start", 1, "1")
