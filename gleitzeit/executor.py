@@ -193,12 +193,14 @@ class Executor:
 
     def _succeed(self, run_id: str, task_id: str, attempt: int, result: str) -> None:
         recorded = self.store.record_success(run_id, task_id, attempt, result)
-        self.dispatcher.publish(recorded.dispatches)
-        if not recorded.durable:
-            # the children are on their way while the success reaches the disk; the message
-            # is acknowledged (the task returns) only once it has
-            confirmed = self.store.confirm_success(run_id, task_id, attempt, result)
-            self.dispatcher.publish(confirmed.dispatches)
+        try:
+            self.dispatcher.publish(recorded.dispatches)
+        finally:
+            if not recorded.durable:
+                # the children are on their way while the success reaches the disk; the
+                # message is acknowledged (the task returns) only once it has
+                confirmed = self.store.confirm_success(run_id, task_id, attempt, result)
+                self.dispatcher.publish(confirmed.dispatches)
 
     def _recover_if_holder_gone(self, run_id: str, task_id: str, attempt: int) -> None:
         """A redelivered message whose attempt's process on this machine has died."""
