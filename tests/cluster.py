@@ -6,16 +6,13 @@ For tests that stop, kill or restart what they run on, so that no other test sha
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from gleitzeit import Client, Settings
 from gleitzeit.store import Store
 from gleitzeit.store.records import DispatchRecord
-from tests.conftest import POSTGRES_ENV
+from tests.conftest import postgres_admin_url
 from tests.services import CeleryBeat, CeleryWorker, RedisServer, postgres_database, wait_until
 
 #: recovery settings for every process of a test: leases, timeouts and rounds of seconds
@@ -115,10 +112,7 @@ def started_cluster(store: str, tmp_path: Path) -> Iterator[Cluster]:
         finally:
             started.close()
         return
-    admin_url = os.environ.get(POSTGRES_ENV)
-    if not admin_url:
-        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against")
-    with postgres_database(admin_url) as url:
+    with postgres_database(postgres_admin_url()) as url:
         started = Cluster(tmp_path, url)
         try:
             yield started

@@ -20,6 +20,15 @@ POSTGRES_ENV = "GLEITZEIT_TEST_POSTGRES_URL"
 STORES = ["sqlite", "postgresql"]
 
 
+def postgres_admin_url() -> str:
+    """The PostgreSQL server the tests may use (``POSTGRES_ENV``); the test is skipped
+    when none is given."""
+    admin_url = os.environ.get(POSTGRES_ENV)
+    if not admin_url:
+        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against")
+    return admin_url
+
+
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     server = RedisServer.start(tmp_path_factory.mktemp("redis"))
@@ -36,10 +45,7 @@ def database_url(
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path_factory.mktemp('sqlite') / 'gleitzeit.db'}"
         return
-    admin_url = os.environ.get(POSTGRES_ENV)
-    if not admin_url:
-        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against")
-    with postgres_database(admin_url) as url:
+    with postgres_database(postgres_admin_url()) as url:
         yield url
 
 

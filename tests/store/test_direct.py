@@ -5,7 +5,6 @@ on disk (``Store.confirm_success``), also when the server lost it."""
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Iterator
 
@@ -20,7 +19,7 @@ from gleitzeit.store import Store
 from gleitzeit.store.direct import DirectStatements
 from gleitzeit.store.engine import make_engine
 from gleitzeit.store.records import Recorded
-from tests.conftest import POSTGRES_ENV
+from tests.conftest import postgres_admin_url
 from tests.services import free_port, postgres_database
 from tests.store.test_store import chain, fan
 
@@ -29,10 +28,7 @@ DEADLINE_SECONDS = 10.0
 
 @pytest.fixture
 def postgres_store() -> Iterator[Store]:
-    admin_url = os.environ.get(POSTGRES_ENV)
-    if not admin_url:
-        pytest.skip(f"{POSTGRES_ENV} is not set: no PostgreSQL server to test against")
-    with postgres_database(admin_url) as url:
+    with postgres_database(postgres_admin_url()) as url:
         store = Store.open(url)
         try:
             yield store
