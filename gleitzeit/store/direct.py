@@ -1,19 +1,21 @@
-"""A task's start and success on PostgreSQL, run on psycopg's connection directly.
+"""The store's statements of every task on PostgreSQL, run on psycopg's connection directly.
 
-On PostgreSQL each of the two is one statement in autocommit (``statements.PG_START`` and
-``PG_SUCCEED``). Through a SQLAlchemy ``Connection`` each one cost the worker about
-250 us of CPU around the round trip itself (the connection object, the autocommit isolation
-level set and reset, the result object, the events) against about 100 us on psycopg's own
-cursor; a no-op task's whole pool-process time was some 1.3 ms. So these two statements
-take a connection from the engine's pool (whose size, after-fork handling and invalidation
-stay SQLAlchemy's), run on psycopg's cursor in autocommit, and give it back.
+On PostgreSQL a task's start and success are one statement each, in autocommit
+(``statements.PG_START`` and ``PG_SUCCEED``), and so are the wait for the success on disk
+(``PG_CONFIRM_SUCCESS``) and a ledger mark on its own (``PG_MARK_PUBLISHED``). Through a
+SQLAlchemy ``Connection`` each one cost the worker about 250 us of CPU around the round trip
+itself (the connection object, the autocommit isolation level set and reset, the result
+object, the events) against about 100 us on psycopg's own cursor; a no-op task's whole
+pool-process time was some 1.3 ms. So these statements take a connection from the engine's
+pool (whose size, after-fork handling and invalidation stay SQLAlchemy's), run on psycopg's
+cursor in autocommit, and give it back.
 
 A failure is raised as SQLAlchemy's exception for it, so the store retries it as any other
 (a lost connection, a deadlock), and the connection it happened on is invalidated: thrown
 away, not given back; so is one whose statement was interrupted (a time limit's exception),
-which may still be in autocommit. SQLAlchemy's engine events do not see these statements; callables
-given to :func:`listen` do, with each statement's SQL (the tests and the benchmark count
-statements with them).
+which may still be in autocommit. SQLAlchemy's engine events do not see these statements;
+callables given to :func:`listen` do, with each statement's SQL (the tests and the benchmark
+count statements with them).
 """
 
 from __future__ import annotations
@@ -73,7 +75,8 @@ class DirectStatements:
                 connection.autocommit = True
                 with connection.cursor(row_factory=self._rows) as cursor:
                     cursor.execute(sql, params)
-                    rows: list[Any] = cursor.fetchall()
+                    # an UPDATE without RETURNING has no rows to fetch
+                    rows: list[Any] = [] if cursor.description is None else cursor.fetchall()
                 connection.autocommit = False
             except self._error as exc:
                 lost = self._engine.dialect.is_disconnect(cast(Any, exc), connection, None)

@@ -301,6 +301,24 @@ FROM counted CROSS JOIN lazy_commit LEFT JOIN claimed ON true
 """
 )
 
+#: marks the published attempts ``:mr/:mt/:ma`` (arrays) ``:mago`` seconds ago, alone (a
+#: caller after its submit, a worker's ``LedgerMarks`` thread). Its commit is asynchronous:
+#: a mark is for operators and for the reconciler's "unpublished" check, and one lost with
+#: the server's last WAL makes the reconciler publish that attempt once more, a copy its fence
+#: turns away.
+PG_MARK_PUBLISHED = text(
+    f"""
+WITH lazy_commit AS (
+    SELECT set_config('synchronous_commit', 'off', true) AS previous
+)
+UPDATE gz_dispatches d
+SET published_at = {_NOW} - m.ago, publish_count = d.publish_count + 1
+FROM unnest(CAST(:mr AS text[]), CAST(:mt AS text[]), CAST(:ma AS int[]),
+            CAST(:mago AS float8[])) AS m(r, t, a, ago), lazy_commit
+WHERE d.run_id = m.r AND d.task_id = m.t AND d.attempt = m.a
+"""
+)
+
 #: the state of the attempt whose success ``PG_SUCCEED`` committed lazily, returned once that
 #: commit is on disk: this statement's own transaction takes a transaction id, so its commit
 #: is written and, synchronous, waits until the WAL is on disk up to its own record, past

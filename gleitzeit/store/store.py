@@ -289,7 +289,14 @@ class Store:
 
     def mark_published(self, published: Sequence[Published]) -> None:
         """Record in the ledger that these messages were handed to the broker, and when."""
-        if published:
+        if not published:
+            return
+        found = self.direct
+        if found is not None:
+            self._retried(
+                lambda: found.run(statements.PG_MARK_PUBLISHED, _published_arrays(published))
+            )
+        else:
             self._transaction(lambda conn: _mark_published(conn, published))
 
     # -- a worker's attempt ---------------------------------------------------------------
@@ -340,14 +347,10 @@ class Store:
         holder: Holder,
         published: Sequence[Published],
     ) -> StartedAttempt | None:
-        now = time.monotonic()
         rows = found.run(
             statements.PG_START,
             {
-                "mr": [p.dispatch.run_id for p in published],
-                "mt": [p.dispatch.task_id for p in published],
-                "ma": [p.dispatch.attempt for p in published],
-                "mago": [max(0.0, now - p.at) for p in published],
+                **_published_arrays(published),
                 "r": run_id,
                 "t": task_id,
                 "a": attempt,
@@ -833,6 +836,18 @@ def _started(
         failures=row.failures,
         skipped=frozenset(skipped),
     )
+
+
+def _published_arrays(published: Sequence[Published]) -> dict[str, list[Any]]:
+    """``published`` as the parallel arrays of ``PG_START`` and ``PG_MARK_PUBLISHED``: each
+    attempt's key, and how many seconds ago it reached the broker."""
+    now = time.monotonic()
+    return {
+        "mr": [p.dispatch.run_id for p in published],
+        "mt": [p.dispatch.task_id for p in published],
+        "ma": [p.dispatch.attempt for p in published],
+        "mago": [max(0.0, now - p.at) for p in published],
+    }
 
 
 def _mark_published(conn: Connection, published: Sequence[Published]) -> None:

@@ -347,6 +347,25 @@ def test_a_start_marks_what_its_process_published_before_with_when(store: Store)
     assert published_at["p0"] == pytest.approx(started - 5.0, abs=1.0)
 
 
+def test_marking_published_stamps_each_attempt_when_it_went_out_and_counts_it(
+    store: Store,
+) -> None:
+    run_id = store.create_run(plan_run(fan(2), {})).run_id
+    released = start_and_succeed(store, run_id, "start", 1, "1")
+    p0 = [d for d in released if d.task_id == "p0"]
+
+    store.mark_published(published_now(p0, 5.0))
+    assert _published(store, run_id) == {"start": (False, 0), "p0": (True, 1), "p1": (False, 0)}
+    finished = store.get_tasks(run_id)["start"].attempts[0].finished_at
+    assert finished is not None
+    stamped = {d.task_id: d.published_at for d in store.get_dispatches(run_id)}
+    assert stamped["p0"] == pytest.approx(finished - 5.0, abs=1.0)
+
+    store.mark_published(published_now(released))  # p0 published a second time, and p1
+
+    assert _published(store, run_id) == {"start": (False, 0), "p0": (True, 2), "p1": (True, 1)}
+
+
 def test_ledger_marks_left_waiting_are_marked_by_their_thread(store: Store) -> None:
     run_id = store.create_run(plan_run(fan(3), {})).run_id
     released = start_and_succeed(store, run_id, "start", 1, "1")
