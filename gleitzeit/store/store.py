@@ -99,8 +99,9 @@ class Store:
         self.engine = engine
         self.lease_seconds = lease_seconds
         self.retry_seconds = retry_seconds
-        #: a task's start and success each as one statement, run on the driver's connection
-        #: (see ``statements.PG_START`` and ``direct``); None on SQLite
+        #: the statements of every task on PostgreSQL (start, success, its confirmation on
+        #: disk, a ledger mark on its own), run on the driver's connection (``direct``);
+        #: None on SQLite, where the general path runs them
         self.direct = direct.DirectStatements(engine) if direct.supported(engine) else None
 
     @classmethod
