@@ -75,8 +75,7 @@ class DirectStatements:
                 connection.autocommit = True
                 with connection.cursor(row_factory=self._rows) as cursor:
                     cursor.execute(sql, params)
-                    # an UPDATE without RETURNING has no rows to fetch
-                    rows: list[Any] = [] if cursor.description is None else cursor.fetchall()
+                    rows: list[Any] = cursor.fetchall()
                 connection.autocommit = False
             except self._error as exc:
                 lost = self._engine.dialect.is_disconnect(cast(Any, exc), connection, None)

@@ -195,6 +195,19 @@ def _state_in(column: str, states: Sequence[str]) -> str:
     return "(" + " OR ".join(f"{column} = '{state}'" for state in states) + ")"
 
 
+#: stamps the attempts ``:mr/:mt/:ma`` (parallel arrays) published ``:mago`` seconds ago
+_MARK_FROM_ARRAYS = f"""
+    UPDATE gz_dispatches d
+    SET published_at = {_NOW} - m.ago, publish_count = d.publish_count + 1
+    FROM unnest(CAST(:mr AS text[]), CAST(:mt AS text[]), CAST(:ma AS int[]),
+                CAST(:mago AS float8[])) AS m(r, t, a, ago)
+    WHERE d.run_id = m.r AND d.task_id = m.t AND d.attempt = m.a
+    RETURNING 1"""
+
+#: a CTE that makes its statement's commit not wait for the WAL to reach the disk (for its
+#: transaction only); a statement must read it for it to run
+_LAZY_COMMIT = "lazy_commit AS (SELECT set_config('synchronous_commit', 'off', true) AS previous)"
+
 #: marks the published attempts ``:mr/:mt/:ma`` (arrays) ``:mago`` seconds ago, starts the
 #: attempt; returns what the worker needs to call the task, with its parents' results.
 #: Its commit is asynchronous (``synchronous_commit = off`` for this transaction only): a
@@ -204,13 +217,7 @@ def _state_in(column: str, states: Sequence[str]) -> str:
 #: only after its outcome is on disk (``PG_CONFIRM_SUCCESS``).
 PG_START = text(
     f"""
-WITH marked AS (
-    UPDATE gz_dispatches d
-    SET published_at = {_NOW} - m.ago, publish_count = d.publish_count + 1
-    FROM unnest(CAST(:mr AS text[]), CAST(:mt AS text[]), CAST(:ma AS int[]),
-                CAST(:mago AS float8[])) AS m(r, t, a, ago)
-    WHERE d.run_id = m.r AND d.task_id = m.t AND d.attempt = m.a
-    RETURNING 1
+WITH marked AS ({_MARK_FROM_ARRAYS}
 ), started AS (
     -- after the marks (reading ``marked`` makes it run first): a mark that waits for a
     -- lock must not hold the attempt's lease, which starts here, in the past
@@ -225,10 +232,7 @@ WITH marked AS (
 ), attempt_row AS (
     INSERT INTO gz_attempts (run_id, task_id, attempt, state, worker, host, pid, started_at)
     SELECT :r, :t, :a, '{TaskState.RUNNING.value}', :worker, :host, :pid, {_NOW} FROM started
-), lazy_commit AS (
-    -- this statement's commit does not wait for the WAL to reach the disk (see below)
-    SELECT set_config('synchronous_commit', 'off', true) AS previous
-)
+), {_LAZY_COMMIT}
 SELECT started.*,
     (SELECT inputs FROM gz_run_definitions WHERE run_id = :r) AS inputs,
     (SELECT json_object_agg(p.task_id, p.result) FROM gz_tasks p
@@ -293,9 +297,7 @@ WITH fenced AS (
     INSERT INTO gz_dispatches (run_id, task_id, attempt, queue, countdown, publish_count,
                                created_at)
     SELECT :r, task_id, attempt, options::json ->> 'queue', 0, 0, {_NOW} FROM claimed
-), lazy_commit AS (
-    SELECT set_config('synchronous_commit', 'off', true) AS previous
-)
+), {_LAZY_COMMIT}
 SELECT claimed.task_id, claimed.attempt, claimed.options
 FROM counted CROSS JOIN lazy_commit LEFT JOIN claimed ON true
 """
@@ -308,14 +310,9 @@ FROM counted CROSS JOIN lazy_commit LEFT JOIN claimed ON true
 #: turns away.
 PG_MARK_PUBLISHED = text(
     f"""
-WITH lazy_commit AS (
-    SELECT set_config('synchronous_commit', 'off', true) AS previous
-)
-UPDATE gz_dispatches d
-SET published_at = {_NOW} - m.ago, publish_count = d.publish_count + 1
-FROM unnest(CAST(:mr AS text[]), CAST(:mt AS text[]), CAST(:ma AS int[]),
-            CAST(:mago AS float8[])) AS m(r, t, a, ago), lazy_commit
-WHERE d.run_id = m.r AND d.task_id = m.t AND d.attempt = m.a
+WITH marked AS ({_MARK_FROM_ARRAYS}
+), {_LAZY_COMMIT}
+SELECT (SELECT count(*) FROM marked) AS marked FROM lazy_commit
 """
 )
 
