@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, and_, bindparam, delete, select, update
 
 from gleitzeit import codec, strategies
 from gleitzeit.errors import GraphChanged, RunControlError, RunNotFound
 from gleitzeit.states import FINAL_RUN_STATES, RunState, TaskState, task_moves, task_sources
-from gleitzeit.store import recovery
+from gleitzeit.store import recovery, steps
 from gleitzeit.store.records import Dispatch, PlannedTask, message_id
 from gleitzeit.store.tables import (
     attempts,
@@ -29,10 +29,6 @@ from gleitzeit.store.tables import (
     state_in,
     tasks,
 )
-from gleitzeit.workflow import ON_FAILURE_BLOCK
-
-if TYPE_CHECKING:
-    from gleitzeit.store.store import Store
 
 _UNFINISHED = (TaskState.PENDING, TaskState.QUEUED, TaskState.RETRYING, TaskState.RUNNING)
 
@@ -69,16 +65,16 @@ class RetryRequest:
     updates: list[PlannedTask] = field(default_factory=list)
 
 
-def _locked(store: Store, conn: Connection, run_id: str) -> RunState:
-    state = store._lock_run(conn, run_id)
+def _locked(conn: Connection, run_id: str) -> RunState:
+    state = steps.lock_run(conn, run_id)
     if state is None:
         raise RunNotFound(run_id)
     return state
 
 
-def _may(store: Store, conn: Connection, run_id: str, *, unless: RunState, verb: str) -> bool:
+def _may(conn: Connection, run_id: str, *, unless: RunState, verb: str) -> bool:
     """Lock the run; ``False`` when it is ``unless`` already; refuse a run that ended."""
-    state = _locked(store, conn, run_id)
+    state = _locked(conn, run_id)
     if state is unless:
         return False
     if state in FINAL_RUN_STATES:
@@ -86,34 +82,34 @@ def _may(store: Store, conn: Connection, run_id: str, *, unless: RunState, verb:
     return True
 
 
-def _control_event(store: Store, conn: Connection, run_id: str, what: str, **data: Any) -> None:
+def _control_event(conn: Connection, run_id: str, what: str, **data: Any) -> None:
     # a control operation may be repeated (pause, resume, pause): each gets its own event
-    store._event(conn, run_id, f"run:{what}:{uuid.uuid4()}", f"run_{what}", data=data)
+    steps.event(conn, run_id, f"run:{what}:{uuid.uuid4()}", f"run_{what}", data=data)
 
 
-def pause(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
-    if not _may(store, conn, run_id, unless=RunState.PAUSED, verb="pause"):
+def pause(conn: Connection, run_id: str, by: str) -> Controlled:
+    if not _may(conn, run_id, unless=RunState.PAUSED, verb="pause"):
         return Controlled(False)
     conn.execute(update(runs).where(runs.c.id == run_id).values(state=RunState.PAUSED.value))
-    _control_event(store, conn, run_id, "paused", by=by)
+    _control_event(conn, run_id, "paused", by=by)
     return Controlled(True)
 
 
-def resume(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
+def resume(conn: Connection, run_id: str, by: str) -> Controlled:
     """Run again: claim what became ready while paused and re-dispatch what waited.
 
     A message delivered while the run was paused did no work, so every task still
     waiting for a worker gets a new attempt (a copy of the old message still in the
     broker is then stale and does nothing).
     """
-    if not _may(store, conn, run_id, unless=RunState.RUNNING, verb="resume"):
+    if not _may(conn, run_id, unless=RunState.RUNNING, verb="resume"):
         return Controlled(False)
     conn.execute(
         update(runs)
         .where(runs.c.id == run_id)
         .values(state=RunState.RUNNING.value, updated_at=db_now())
     )
-    _control_event(store, conn, run_id, "resumed", by=by)
+    _control_event(conn, run_id, "resumed", by=by)
     waiting = conn.execute(
         select(
             tasks.c.task_id,
@@ -144,15 +140,14 @@ def resume(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
         )
     ).scalars()
     # claimed after reading what waited, so that the new claims are not re-dispatched
-    found = store._claim(conn, run_id, list(ready))
+    found = steps.claim(conn, run_id, list(ready))
     unsent = []
     for row in waiting:
         if row.sent is None:
             # a retry decided while paused: its attempt was never dispatched
-            unsent.append(store._dispatch(run_id, row.task_id, row.attempt, row.options))
+            unsent.append(steps.dispatch_of(run_id, row.task_id, row.attempt, row.options))
             continue
         found += recovery.redispatch(
-            store,
             conn,
             run_id,
             row.task_id,
@@ -160,13 +155,13 @@ def resume(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
             why="resumed",
             reason="the run was resumed; a message delivered while it was paused did no work",
         )
-    store._write_dispatches(conn, unsent)
+    steps.write_dispatches(conn, unsent)
     return Controlled(True, found + unsent)
 
 
-def cancel(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
+def cancel(conn: Connection, run_id: str, by: str) -> Controlled:
     """End the run ``cancelled``: nothing unfinished will start or be recorded."""
-    if not _may(store, conn, run_id, unless=RunState.CANCELLED, verb="cancel"):
+    if not _may(conn, run_id, unless=RunState.CANCELLED, verb="cancel"):
         return Controlled(False)
     conn.execute(
         update(runs)
@@ -197,7 +192,7 @@ def cancel(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
         .where(attempts.c.run_id == run_id, attempts.c.state == TaskState.RUNNING.value)
         .values(state=TaskState.CANCELLED.value, finished_at=db_now())
     )
-    store._events(
+    steps.events(
         conn,
         [
             {
@@ -211,14 +206,14 @@ def cancel(store: Store, conn: Connection, run_id: str, by: str) -> Controlled:
             for row in cancelled
         ],
     )
-    _control_event(store, conn, run_id, "cancelled", by=by)
+    _control_event(conn, run_id, "cancelled", by=by)
     revoke = [message_id(run_id, row.task_id, row.attempt) for row in cancelled if row.attempt]
     return Controlled(True, revoke=revoke)
 
 
-def retry(store: Store, conn: Connection, run_id: str, request: RetryRequest) -> Controlled:
+def retry(conn: Connection, run_id: str, request: RetryRequest) -> Controlled:
     """Reopen an ended run: the tasks the strategy names run again, as new attempts."""
-    state = _locked(store, conn, run_id)
+    state = _locked(conn, run_id)
     if state not in FINAL_RUN_STATES:
         raise RunControlError(
             f"run {run_id} is still {state.value}: wait for it to end, or cancel it, "
@@ -227,8 +222,8 @@ def retry(store: Store, conn: Connection, run_id: str, request: RetryRequest) ->
     run = conn.execute(select(runs.c.graph_hash, runs.c.retries).where(runs.c.id == run_id)).one()
     if request.expect_graph_hash and run.graph_hash != request.expect_graph_hash:
         raise GraphChanged(f"run {run_id}'s definition changed while retrying it; try again")
-    rows = conn.execute(select(*TASK_VIEW_COLUMNS).where(tasks.c.run_id == run_id)).all()
-    views = {row.task_id: task_view(row) for row in rows}
+    rows = conn.execute(select(*steps.TASK_VIEW_COLUMNS).where(tasks.c.run_id == run_id)).all()
+    views = {row.task_id: steps.task_view(row) for row in rows}
     plan = strategies.plan_retry(views, request.strategy, changed=request.changed)
     if plan.drop:
         conn.execute(
@@ -261,7 +256,7 @@ def retry(store: Store, conn: Connection, run_id: str, request: RetryRequest) ->
         conn.execute(
             update(run_definitions).where(run_definitions.c.run_id == run_id).values(**definition)
         )
-    store._event(
+    steps.event(
         conn,
         run_id,
         f"run:{generation}:retried",
@@ -277,37 +272,10 @@ def retry(store: Store, conn: Connection, run_id: str, request: RetryRequest) ->
         },
     )
     if not plan.rerun:
-        store._end_run(conn, run_id, RunState.SUCCEEDED, generation)
+        steps.end_run(conn, run_id, RunState.SUCCEEDED, generation)
         return Controlled(True)
     ready = [task_id for task_id, waits in plan.rerun.items() if waits == 0]
-    return Controlled(True, store._claim(conn, run_id, ready), rerun=sorted(plan.rerun))
-
-
-#: the columns :func:`task_view` reads
-TASK_VIEW_COLUMNS = (
-    tasks.c.task_id,
-    tasks.c.state,
-    tasks.c.children,
-    tasks.c.options,
-    tasks.c.error_type,
-    tasks.c.finished_at,
-)
-
-
-def task_view(row: Any) -> strategies.TaskView:
-    """A stored task (selected with :data:`TASK_VIEW_COLUMNS`) as the strategies see it."""
-    options = codec.loads(row.options)
-    return strategies.TaskView(
-        task_id=row.task_id,
-        state=TaskState(row.state),
-        children=tuple(codec.loads(row.children)),
-        on_failure=options.get("on_failure", ON_FAILURE_BLOCK),
-        compensate=options.get("compensate"),
-        stands_in_for=options.get("stands_in_for"),
-        compensates=options.get("compensates"),
-        has_error=row.error_type is not None,
-        finished_at=row.finished_at,
-    )
+    return Controlled(True, steps.claim(conn, run_id, ready), rerun=sorted(plan.rerun))
 
 
 def _apply_definition(conn: Connection, run_id: str, updates: list[PlannedTask]) -> None:

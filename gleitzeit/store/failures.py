@@ -1,31 +1,27 @@
-"""A failed attempt, by its task's policy, and the saga a failed run starts: functions of
-one transaction.
+"""A failed attempt, by its task's policy: functions of one transaction.
 
-``Store.record_failure`` runs ``retry`` or ``fail`` in its transaction, the reconciler runs
-them for a lost attempt (:mod:`gleitzeit.store.recovery`), and a run that ends failed starts
-its compensations with ``compensate``. The decisions are the strategies' own
-(:mod:`gleitzeit.strategies`, ``on_failure``); here they become conditional ``UPDATE``s.
+``Store.record_failure`` runs ``retry`` or ``fail`` in its transaction, and the reconciler
+runs them for a lost attempt (:mod:`gleitzeit.store.recovery`). The decisions are the
+strategies' own (:mod:`gleitzeit.strategies`, ``on_failure``); here they become conditional
+``UPDATE``s. A run that ends failed starts its saga's compensations
+(:func:`gleitzeit.store.steps.compensate`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from sqlalchemy import Connection, insert, select, update
+from sqlalchemy import Connection, update
 
-from gleitzeit import codec, strategies
+from gleitzeit import codec
 from gleitzeit.states import RunState, TaskState, task_moves
-from gleitzeit.store import control
-from gleitzeit.store.records import Dispatch, ErrorInfo, Recorded, RunCount
-from gleitzeit.store.tables import db_now, id_list, move, runs, state_in, tasks
+from gleitzeit.store import steps
+from gleitzeit.store.records import ErrorInfo, Recorded
+from gleitzeit.store.tables import db_now, id_list, move, state_in, tasks
 from gleitzeit.workflow import ON_FAILURE_BLOCK, ON_FAILURE_SKIP, alternative_of
-
-if TYPE_CHECKING:
-    from gleitzeit.store.store import Store
 
 
 def retry(
-    store: Store,
     conn: Connection,
     run_id: str,
     task_id: str,
@@ -50,17 +46,16 @@ def retry(
         .returning(tasks.c.options)
     ).one_or_none()
     if row is None:
-        return store._fenced_off(conn, run_id, task_id, attempt, "failed")
-    _attempt_failed(store, conn, run_id, task_id, attempt, error, "retrying", retry_in=retry_in)
-    if store._lock_run(conn, run_id) is not RunState.RUNNING:
+        return steps.fenced_off(conn, run_id, task_id, attempt, "failed")
+    _attempt_failed(conn, run_id, task_id, attempt, error, "retrying", retry_in=retry_in)
+    if steps.lock_run(conn, run_id) is not RunState.RUNNING:
         return Recorded(True, [])  # paused: resume dispatches the retry
-    following = store._dispatch(run_id, task_id, attempt + 1, row.options, countdown=retry_in)
-    store._write_dispatches(conn, [following])
+    following = steps.dispatch_of(run_id, task_id, attempt + 1, row.options, countdown=retry_in)
+    steps.write_dispatches(conn, [following])
     return Recorded(True, [following])
 
 
 def fail(
-    store: Store,
     conn: Connection,
     run_id: str,
     task_id: str,
@@ -71,8 +66,9 @@ def fail(
 ) -> Recorded:
     """The task fails for good; its ``on_failure`` decides what happens downstream."""
     row = conn.execute(
-        store._finish(run_id, task_id, attempt, TaskState.FAILED)
+        move(run_id, task_id, attempt, TaskState.FAILED)
         .values(
+            finished_at=db_now(),
             error_type=error.type,
             error_message=error.message,
             lease_until=None,
@@ -81,42 +77,40 @@ def fail(
         .returning(tasks.c.children, tasks.c.options)
     ).one_or_none()
     if row is None:
-        return store._fenced_off(conn, run_id, task_id, attempt, "failed")
+        return steps.fenced_off(conn, run_id, task_id, attempt, "failed")
     children = codec.loads(row.children)
     options = codec.loads(row.options)
     on_failure = options.get("on_failure", ON_FAILURE_BLOCK)
     alternative = alternative_of(on_failure)
     if options.get("compensates"):
         # a failed compensation is recorded; the next one runs all the same
-        _attempt_failed(store, conn, run_id, task_id, attempt, error, "failed")
-        return _go_on(store, conn, run_id, children, failed=1)
+        _attempt_failed(conn, run_id, task_id, attempt, error, "failed")
+        return _go_on(conn, run_id, children, failed=1)
     if on_failure == ON_FAILURE_SKIP:
         _skip_failed(conn, run_id, task_id)
         by = "on_failure=skip: its dependents run and read None"
-        _attempt_failed(store, conn, run_id, task_id, attempt, error, "skipped", by=by)
-        return _go_on(store, conn, run_id, children, failed=0)
+        _attempt_failed(conn, run_id, task_id, attempt, error, "skipped", by=by)
+        return _go_on(conn, run_id, children, failed=0)
     waits = _wake_alternative(conn, run_id, alternative) if alternative else None
     if waits is not None:
         _skip_failed(conn, run_id, task_id)
         by = f"on_failure=alternative: {alternative} runs in its place"
-        _attempt_failed(store, conn, run_id, task_id, attempt, error, "replaced", by=by)
-        count = store._count_finished(conn, run_id, finished=1, failed=0)
+        _attempt_failed(conn, run_id, task_id, attempt, error, "replaced", by=by)
+        count = steps.count_finished(conn, run_id, finished=1, failed=0)
         if waits or count.state is not RunState.RUNNING:
             return Recorded(True, [])
-        return Recorded(True, store._claim(conn, run_id, [str(alternative)]))
-    _attempt_failed(store, conn, run_id, task_id, attempt, error, "failed")
-    blocked = _block_descendants(store, conn, run_id, task_id, attempt, children)
-    count = store._count_finished(conn, run_id, finished=1 + blocked, failed=1)
-    return Recorded(True, store._end_if_done(conn, run_id, count))
+        return Recorded(True, steps.claim(conn, run_id, [str(alternative)]))
+    _attempt_failed(conn, run_id, task_id, attempt, error, "failed")
+    blocked = _block_descendants(conn, run_id, task_id, attempt, children)
+    count = steps.count_finished(conn, run_id, finished=1 + blocked, failed=1)
+    return Recorded(True, steps.end_if_done(conn, run_id, count))
 
 
-def _go_on(
-    store: Store, conn: Connection, run_id: str, children: list[str], *, failed: int
-) -> Recorded:
+def _go_on(conn: Connection, run_id: str, children: list[str], *, failed: int) -> Recorded:
     """A task is final and its dependents run all the same."""
-    count = store._count_finished(conn, run_id, finished=1, failed=failed)
-    claimed = store._release(conn, run_id, children, count.state)
-    return Recorded(True, claimed + store._end_if_done(conn, run_id, count))
+    count = steps.count_finished(conn, run_id, finished=1, failed=failed)
+    claimed = steps.release(conn, run_id, children, count.state)
+    return Recorded(True, claimed + steps.end_if_done(conn, run_id, count))
 
 
 def _skip_failed(conn: Connection, run_id: str, task_id: str) -> None:
@@ -148,7 +142,6 @@ def _wake_alternative(conn: Connection, run_id: str, alternative: str) -> int | 
 
 
 def _attempt_failed(
-    store: Store,
     conn: Connection,
     run_id: str,
     task_id: str,
@@ -158,8 +151,8 @@ def _attempt_failed(
     **data: Any,
 ) -> None:
     """Close the attempt's row with its error and record the task's ``outcome`` event."""
-    store._end_attempt(conn, run_id, task_id, attempt, TaskState.FAILED, error)
-    store._event(
+    steps.end_attempt(conn, run_id, task_id, attempt, TaskState.FAILED, error)
+    steps.event(
         conn,
         run_id,
         f"{task_id}:{attempt}:{outcome}",
@@ -171,7 +164,7 @@ def _attempt_failed(
 
 
 def _block_descendants(
-    store: Store, conn: Connection, run_id: str, failed: str, attempt: int, children: list[str]
+    conn: Connection, run_id: str, failed: str, attempt: int, children: list[str]
 ) -> int:
     """Block every pending task downstream of ``failed``; return how many."""
     count = 0
@@ -188,7 +181,7 @@ def _block_descendants(
             .returning(tasks.c.task_id, tasks.c.children)
         ).all()
         count += len(rows)
-        store._events(
+        steps.events(
             conn,
             [
                 {
@@ -204,62 +197,3 @@ def _block_descendants(
         )
         frontier = id_list(child for row in rows for child in codec.loads(row.children))
     return count
-
-
-def compensate(
-    store: Store, conn: Connection, run_id: str, count: RunCount
-) -> list[Dispatch] | None:
-    """Start the saga's compensations, or ``None`` when there is nothing to undo.
-
-    Each compensation is a task of the run that waits for the one before it, and
-    runs whether that one succeeded or failed.
-    """
-    rows = conn.execute(
-        select(*control.TASK_VIEW_COLUMNS, tasks.c.params, tasks.c.sources).where(
-            tasks.c.run_id == run_id
-        )
-    ).all()
-    by_id = {row.task_id: row for row in rows}
-    order = strategies.compensation_order(control.task_view(row) for row in rows)
-    if not order:
-        return None
-    planned = []
-    for i, task_id in enumerate(order):
-        row = by_id[task_id]
-        following = order[i + 1 : i + 2]
-        result = f"${{{task_id}.result}}"
-        params = {**codec.loads(row.params), strategies.COMPENSATION_RESULT: result}
-        planned.append(
-            {
-                "run_id": run_id,
-                "task_id": strategies.compensation_id(task_id),
-                "name": codec.loads(row.options)["compensate"],
-                "state": TaskState.PENDING.value,
-                "attempt": 0,
-                "waiting_on": 1 if i else 0,
-                "params": codec.dumps(params),
-                "sources": codec.dumps(sorted({*codec.loads(row.sources), task_id})),
-                "children": codec.dumps([strategies.compensation_id(t) for t in following]),
-                "options": codec.dumps({"compensates": task_id}),
-                "deliveries": 0,
-            }
-        )
-    conn.execute(insert(tasks).values(updated_at=db_now()), planned)
-    conn.execute(
-        update(runs)
-        .where(runs.c.id == run_id)
-        .values(
-            tasks_total=runs.c.tasks_total + len(planned),
-            tasks_unfinished=runs.c.tasks_unfinished + len(planned),
-        )
-    )
-    store._event(
-        conn,
-        run_id,
-        f"run:{count.retries}:compensating",
-        "run_compensating",
-        data={"by": "the run failed", "order": order},
-    )
-    if count.state is not RunState.RUNNING:
-        return []
-    return store._claim(conn, run_id, [strategies.compensation_id(order[0])])

@@ -8,13 +8,13 @@ another reconciler changes nothing.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from sqlalchemy import Connection, exists, func, select, update
 
 from gleitzeit.policy import Backoff, compute_backoff
 from gleitzeit.states import FINAL_TASK_STATES, RunState, TaskState, run_sources, task_moves
-from gleitzeit.store import failures, sweep
+from gleitzeit.store import failures, steps, sweep
 from gleitzeit.store.records import Dispatch, ErrorInfo, Recorded, Repair, RunCount, StuckRun
 from gleitzeit.store.tables import (
     attempt_key,
@@ -26,12 +26,8 @@ from gleitzeit.store.tables import (
     tasks,
 )
 
-if TYPE_CHECKING:
-    from gleitzeit.store.store import Store
-
 
 def lose(
-    store: Store,
     conn: Connection,
     run_id: str,
     task_id: str,
@@ -57,13 +53,12 @@ def lose(
             f"gave up after the worker running this task was lost {row.lost} times "
             f"(killed, out of memory, or stopped without finishing); last: {reason}",
         )
-        return failures.fail(store, conn, run_id, task_id, attempt, error, by_task=False)
+        return failures.fail(conn, run_id, task_id, attempt, error, by_task=False)
     error = ErrorInfo("gleitzeit.WorkerLost", f"{reason} (lost {row.lost} of {max_lost})")
-    return failures.retry(store, conn, run_id, task_id, attempt, error, 0.0, by_task=False)
+    return failures.retry(conn, run_id, task_id, attempt, error, 0.0, by_task=False)
 
 
 def reconcile(
-    store: Store,
     conn: Connection,
     stuck: StuckRun,
     *,
@@ -73,33 +68,31 @@ def reconcile(
 ) -> Repair:
     """Repair one run; every repair re-checks its own condition."""
     repair = Repair()
-    if store._lock_run(conn, stuck.run_id) is not RunState.RUNNING:
+    if steps.lock_run(conn, stuck.run_id) is not RunState.RUNNING:
         return repair  # paused, cancelled or ended since it was found
     if stuck.finished:
-        compensations = finalize(store, conn, stuck.run_id)
+        compensations = finalize(conn, stuck.run_id)
         if compensations is not None:
             repair.dispatches.extend(compensations)
             _count(repair, "finished", 1)
     elif stuck.stalled:
         reason = f"stalled: no task started or finished for {stall_timeout:g} s"
-        ended = fail_run(store, conn, stuck.run_id, reason, sweep.stalled_condition(stall_timeout))
+        ended = fail_run(conn, stuck.run_id, reason, sweep.stalled_condition(stall_timeout))
         _count(repair, "stalled", ended)
     if repair.applied:
         return repair
-    found = store._claim(conn, stuck.run_id, stuck.ready)
+    found = steps.claim(conn, stuck.run_id, stuck.ready)
     repair.dispatches.extend(found)
     _count(repair, "claimed", len(found))
     for task_id, attempt in stuck.unstarted:
-        found = redispatch(store, conn, stuck.run_id, task_id, attempt)
+        found = redispatch(conn, stuck.run_id, task_id, attempt)
         repair.dispatches.extend(found)
         _count(repair, "redispatched", len(found))
     for task_id, attempt in stuck.lost:
-        recorded = lose(
-            store, conn, stuck.run_id, task_id, attempt, "its lease expired", max_lost, True
-        )
+        recorded = lose(conn, stuck.run_id, task_id, attempt, "its lease expired", max_lost, True)
         repair.dispatches.extend(recorded.dispatches)
         _count(repair, "lost", recorded.recorded)
-    republish = claim_unpublished(store, conn, stuck, republish_after)
+    republish = claim_unpublished(conn, stuck, republish_after)
     repair.republish.extend(republish)
     _count(repair, "republished", len(republish))
     conn.execute(
@@ -116,7 +109,6 @@ def _count(repair: Repair, kind: str, n: int | bool) -> None:
 
 
 def redispatch(
-    store: Store,
     conn: Connection,
     run_id: str,
     task_id: str,
@@ -146,7 +138,7 @@ def redispatch(
     ).one_or_none()
     if row is None:
         return []
-    store._event(
+    steps.event(
         conn,
         run_id,
         f"{task_id}:{attempt}:{why}",
@@ -155,14 +147,12 @@ def redispatch(
         attempt,
         data={"reason": reason},
     )
-    found = [store._dispatch(run_id, task_id, attempt + 1, row.options)]
-    store._write_dispatches(conn, found)
+    found = [steps.dispatch_of(run_id, task_id, attempt + 1, row.options)]
+    steps.write_dispatches(conn, found)
     return found
 
 
-def claim_unpublished(
-    store: Store, conn: Connection, stuck: StuckRun, republish_after: float
-) -> list[Dispatch]:
+def claim_unpublished(conn: Connection, stuck: StuckRun, republish_after: float) -> list[Dispatch]:
     """Take unpublished ledger rows to publish again; another reconciler will not."""
     found = []
     for task_id, attempt in stuck.unpublished:
@@ -187,11 +177,11 @@ def claim_unpublished(
             )
         ).scalar_one()
         countdown = max(0.0, float(row.due_in))
-        found.append(store._dispatch(stuck.run_id, task_id, attempt, options, countdown))
+        found.append(steps.dispatch_of(stuck.run_id, task_id, attempt, options, countdown))
     return found
 
 
-def finalize(store: Store, conn: Connection, run_id: str) -> list[Dispatch] | None:
+def finalize(conn: Connection, run_id: str) -> list[Dispatch] | None:
     """End a run whose tasks are all final, by what its tasks say.
 
     Returns the compensations to publish when it failed and has some to run, else
@@ -213,12 +203,10 @@ def finalize(store: Store, conn: Connection, run_id: str) -> list[Dispatch] | No
     if row is None:
         return None
     count = RunCount(RunState(row.state), 0, failed, row.retries)
-    return store._end_if_done(conn, run_id, count)
+    return steps.end_if_done(conn, run_id, count)
 
 
-def fail_run(
-    store: Store, conn: Connection, run_id: str, reason: str, condition: Any = None
-) -> bool:
+def fail_run(conn: Connection, run_id: str, reason: str, condition: Any = None) -> bool:
     """End a run ``failed`` for ``reason``: what has not finished will not run."""
     where = [runs.c.id == run_id, runs.c.state.in_(run_sources(RunState.FAILED))]
     if condition is not None:
@@ -261,12 +249,12 @@ def fail_run(
         )
         .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
     )
-    store._event(conn, run_id, f"run:{retries}:failed", "run_failed", data={"reason": reason})
+    steps.event(conn, run_id, f"run:{retries}:failed", "run_failed", data={"reason": reason})
     return True
 
 
 def set_aside(
-    store: Store, conn: Connection, run_id: str, error: str, *, max_failures: int, backoff: Backoff
+    conn: Connection, run_id: str, error: str, *, max_failures: int, backoff: Backoff
 ) -> bool:
     """Count a failed reconciliation of a run; fail it after ``max_failures`` in a row."""
     found = conn.execute(
@@ -282,7 +270,7 @@ def set_aside(
     conn.execute(
         update(runs).where(runs.c.id == run_id).values(reconcile_after=db_now() + retry_in)
     )
-    store._event(
+    steps.event(
         conn,
         run_id,
         f"run:{found.retries}:set-aside:{failures}",
@@ -292,4 +280,4 @@ def set_aside(
     if failures < max_failures:
         return False
     reason = f"reconciliation failed {failures} times in a row: {error}"
-    return fail_run(store, conn, run_id, reason)
+    return fail_run(conn, run_id, reason)

@@ -28,14 +28,12 @@ from gleitzeit.settings import Settings
 from gleitzeit.states import (
     RunState,
     TaskState,
-    run_sources,
     task_moves,
 )
-from gleitzeit.store import control, direct, failures, reads, recovery, statements, sweep
+from gleitzeit.store import control, direct, failures, reads, recovery, statements, steps, sweep
 from gleitzeit.store.engine import engine_for
 from gleitzeit.store.migrate import ensure_schema
 from gleitzeit.store.records import (
-    Dispatch,
     DispatchRecord,
     ErrorInfo,
     EventRecord,
@@ -43,7 +41,6 @@ from gleitzeit.store.records import (
     Published,
     Recorded,
     Repair,
-    RunCount,
     RunPlan,
     RunProgress,
     RunRecord,
@@ -57,8 +54,6 @@ from gleitzeit.store.tables import (
     attempt_key,
     attempts,
     db_now,
-    id_list,
-    move,
     on_attempt,
     run_definitions,
     runs,
@@ -226,8 +221,8 @@ class Store:
                 for t in plan.tasks
             ],
         )
-        self._event(conn, plan.run_id, "run:submitted", "run_submitted", data={"key": plan.key})
-        claimed = self._claim(conn, plan.run_id, [t.task_id for t in roots])
+        steps.event(conn, plan.run_id, "run:submitted", "run_submitted", data={"key": plan.key})
+        claimed = steps.claim(conn, plan.run_id, [t.task_id for t in roots])
         return Submitted(plan.run_id, True, claimed)
 
     def _existing_run(self, conn: Connection, plan: RunPlan) -> Submitted:
@@ -245,48 +240,6 @@ class Store:
         return Submitted(found.id, False, [])
 
     # -- claims --------------------------------------------------------------------------
-
-    def _claim(self, conn: Connection, run_id: str, task_ids: Sequence[str]) -> list[Dispatch]:
-        """Claim the tasks of ``task_ids`` that are pending with nothing to wait on."""
-        if not task_ids:
-            return []
-        claimed = conn.execute(statements.CLAIM, {"r": run_id, "ids": id_list(task_ids)}).all()
-        found = [self._dispatch(run_id, row.task_id, row.attempt, row.options) for row in claimed]
-        self._write_dispatches(conn, found)
-        return found
-
-    @staticmethod
-    def _dispatch(
-        run_id: str, task_id: str, attempt: int, options: str, countdown: float = 0.0
-    ) -> Dispatch:
-        opts = codec.loads(options)
-        return Dispatch(
-            run_id=run_id,
-            task_id=task_id,
-            attempt=attempt,
-            queue=opts.get("queue"),
-            priority=opts.get("priority"),
-            timeout=opts.get("timeout"),
-            countdown=countdown,
-        )
-
-    def _write_dispatches(self, conn: Connection, found: Sequence[Dispatch]) -> None:
-        if not found:
-            return
-        rows = [
-            {
-                "run_id": d.run_id,
-                "task_id": d.task_id,
-                "attempt": d.attempt,
-                "queue": d.queue,
-                "countdown": d.countdown,
-                "publish_count": 0,
-            }
-            for d in found
-        ]
-        # the primary key (run, task, attempt) makes a second dispatch of an attempt fail;
-        # the row is also the attempt's task_queued event in the history (reads.get_events)
-        conn.execute(statements.INSERT_DISPATCHES, rows)
 
     def mark_published(self, published: Sequence[Published]) -> None:
         """Record in the ledger that these messages were handed to the broker, and when."""
@@ -381,7 +334,7 @@ class Store:
         ).one_or_none()
         if row is None:
             # a duplicate delivery or a superseded attempt: seen, kept in history, not run
-            self._event(
+            steps.event(
                 conn,
                 run_id,
                 f"{task_id}:{attempt}:ignored-delivery",
@@ -407,43 +360,6 @@ class Store:
         found = conn.execute(statements.RESULTS, {"r": run_id, "ids": sources}) if sources else ()
         return _started(run_id, task_id, attempt, row, found)
 
-    def _end_attempt(
-        self,
-        conn: Connection,
-        run_id: str,
-        task_id: str,
-        attempt: int,
-        state: TaskState,
-        error: ErrorInfo | None = None,
-    ) -> None:
-        conn.execute(
-            statements.END_ATTEMPT,
-            {
-                "r": run_id,
-                "t": task_id,
-                "a": attempt,
-                "state": state.value,
-                "etype": error.type if error else None,
-                "emessage": error.message if error else None,
-                "etrace": error.traceback if error else None,
-            },
-        )
-
-    def _fenced_off(
-        self, conn: Connection, run_id: str, task_id: str, attempt: int, how: str
-    ) -> Recorded:
-        # a late or duplicate outcome: kept in history, never applied
-        self._event(
-            conn,
-            run_id,
-            f"{task_id}:{attempt}:ignored-{how}",
-            "outcome_ignored",
-            task_id,
-            attempt,
-            data={"outcome": how},
-        )
-        return Recorded(False)
-
     def record_success(self, run_id: str, task_id: str, attempt: int, result: str) -> Recorded:
         """Store the attempt's result, release its children; claim those now ready."""
         if self.direct is not None:
@@ -466,7 +382,7 @@ class Store:
         if not rows:
             return None  # not the common case: nothing was changed
         claimed = [
-            self._dispatch(run_id, row.task_id, row.attempt, row.options)
+            steps.dispatch_of(run_id, row.task_id, row.attempt, row.options)
             for row in rows
             if row.task_id is not None
         ]
@@ -511,9 +427,9 @@ class Store:
             statements.SUCCEED, {"r": run_id, "t": task_id, "a": attempt, "result": result}
         ).one_or_none()
         if row is None:
-            return self._fenced_off(conn, run_id, task_id, attempt, "succeeded")
+            return steps.fenced_off(conn, run_id, task_id, attempt, "succeeded")
         # the attempt's row, closed, is also its task_succeeded event in the history
-        self._end_attempt(conn, run_id, task_id, attempt, TaskState.SUCCEEDED)
+        steps.end_attempt(conn, run_id, task_id, attempt, TaskState.SUCCEEDED)
         options = codec.loads(row.options)
         unneeded = self._skip_alternative(conn, run_id, task_id, attempt, options)
         primary = options.get("stands_in_for")
@@ -524,12 +440,9 @@ class Store:
                 .where(tasks.c.run_id == run_id, tasks.c.task_id == primary)
                 .values(result=result)
             )
-        count = self._count_finished(conn, run_id, finished=1 + unneeded, failed=0)
-        claimed = self._release(conn, run_id, codec.loads(row.children), count.state)
-        return Recorded(True, claimed + self._end_if_done(conn, run_id, count))
-
-    def _finish(self, run_id: str, task_id: str, attempt: int, state: TaskState) -> Any:
-        return move(run_id, task_id, attempt, state).values(finished_at=db_now())
+        count = steps.count_finished(conn, run_id, finished=1 + unneeded, failed=0)
+        claimed = steps.release(conn, run_id, codec.loads(row.children), count.state)
+        return Recorded(True, claimed + steps.end_if_done(conn, run_id, count))
 
     def _skip_alternative(
         self, conn: Connection, run_id: str, task_id: str, attempt: int, options: dict[str, Any]
@@ -548,7 +461,7 @@ class Store:
             .values(state=TaskState.SKIPPED.value, finished_at=db_now(), updated_at=db_now())
         ).rowcount
         if skipped:
-            self._event(
+            steps.event(
                 conn,
                 run_id,
                 f"{alternative}:unneeded:{task_id}:{attempt}",
@@ -557,18 +470,6 @@ class Store:
                 data={"by": f"{task_id} succeeded: its alternative is not needed"},
             )
         return int(skipped)
-
-    def _release(
-        self, conn: Connection, run_id: str, children: list[str], state: RunState
-    ) -> list[Dispatch]:
-        """One parent of each child is done; claim those with none left while the run runs."""
-        if not children:
-            return []
-        released = conn.execute(statements.RELEASE, {"r": run_id, "ids": children}).all()
-        if state is not RunState.RUNNING:
-            return []  # paused: resume claims what is ready
-        # only the decrement that reached zero may claim; a join's other parents skip it
-        return self._claim(conn, run_id, [row.task_id for row in released if row.waiting_on == 0])
 
     def record_failure(
         self,
@@ -582,52 +483,9 @@ class Store:
         """Record a failed attempt: retry after ``retry_in`` seconds, or fail the task."""
         if retry_in is not None:
             return self._transaction(
-                lambda conn: failures.retry(self, conn, run_id, task_id, attempt, error, retry_in)
+                lambda conn: failures.retry(conn, run_id, task_id, attempt, error, retry_in)
             )
-        return self._transaction(
-            lambda conn: failures.fail(self, conn, run_id, task_id, attempt, error)
-        )
-
-    def _lock_run(self, conn: Connection, run_id: str) -> RunState | None:
-        """The run's state, its row locked to the end of the transaction (PostgreSQL; a
-        SQLite write transaction holds the whole database), so that a pause, cancel or retry
-        is wholly before or wholly after this transaction."""
-        state = conn.execute(
-            select(runs.c.state).where(runs.c.id == run_id).with_for_update()
-        ).scalar_one_or_none()
-        return None if state is None else RunState(state)
-
-    def _count_finished(
-        self, conn: Connection, run_id: str, *, finished: int, failed: int
-    ) -> RunCount:
-        """Count tasks that reached a final state. The update locks the run's row, so a
-        pause or cancel is wholly before or after the claims this transaction makes next."""
-        row = conn.execute(
-            statements.COUNT_FINISHED, {"r": run_id, "finished": finished, "failed": failed}
-        ).one()
-        return RunCount(RunState(row.state), row.tasks_unfinished, row.tasks_failed, row.retries)
-
-    def _end_if_done(self, conn: Connection, run_id: str, count: RunCount) -> list[Dispatch]:
-        """End the run when no task is left; a failed one first runs its compensations."""
-        if count.unfinished > 0:
-            return []
-        if count.failed:
-            compensating = failures.compensate(self, conn, run_id, count)
-            if compensating is not None:
-                return compensating
-        final = RunState.FAILED if count.failed else RunState.SUCCEEDED
-        self._end_run(conn, run_id, final, count.retries)
-        return []
-
-    def _end_run(self, conn: Connection, run_id: str, final: RunState, retries: int) -> bool:
-        ended = conn.execute(
-            update(runs)
-            .where(runs.c.id == run_id, runs.c.state.in_(run_sources(final)))
-            .values(state=final.value, finished_at=db_now())
-        ).rowcount
-        if ended:
-            self._event(conn, run_id, f"run:{retries}:{final.value}", f"run_{final.value}")
-        return bool(ended)
+        return self._transaction(lambda conn: failures.fail(conn, run_id, task_id, attempt, error))
 
     # -- recovery ------------------------------------------------------------------------
 
@@ -673,9 +531,7 @@ class Store:
         The task gets a new attempt, or fails once its worker was lost ``max_lost`` times.
         """
         return self._transaction(
-            lambda conn: recovery.lose(
-                self, conn, run_id, task_id, attempt, reason, max_lost, False
-            )
+            lambda conn: recovery.lose(conn, run_id, task_id, attempt, reason, max_lost, False)
         )
 
     def find_stuck(
@@ -709,7 +565,6 @@ class Store:
         """Repair one run in one transaction; every repair re-checks its own condition."""
         return self._transaction(
             lambda conn: recovery.reconcile(
-                self,
                 conn,
                 stuck,
                 republish_after=republish_after,
@@ -726,7 +581,7 @@ class Store:
         """
         return self._transaction(
             lambda conn: recovery.set_aside(
-                self, conn, run_id, error, max_failures=max_failures, backoff=backoff
+                conn, run_id, error, max_failures=max_failures, backoff=backoff
             )
         )
 
@@ -734,51 +589,19 @@ class Store:
 
     def pause_run(self, run_id: str, *, by: str) -> control.Controlled:
         """No new dispatches, nothing new starts; running attempts finish and are recorded."""
-        return self._transaction(lambda conn: control.pause(self, conn, run_id, by))
+        return self._transaction(lambda conn: control.pause(conn, run_id, by))
 
     def resume_run(self, run_id: str, *, by: str) -> control.Controlled:
         """Run a paused run again; returns the attempts to publish."""
-        return self._transaction(lambda conn: control.resume(self, conn, run_id, by))
+        return self._transaction(lambda conn: control.resume(conn, run_id, by))
 
     def cancel_run(self, run_id: str, *, by: str) -> control.Controlled:
         """End the run ``cancelled``; returns the message ids to revoke."""
-        return self._transaction(lambda conn: control.cancel(self, conn, run_id, by))
+        return self._transaction(lambda conn: control.cancel(conn, run_id, by))
 
     def retry_run(self, run_id: str, request: control.RetryRequest) -> control.Controlled:
         """Reopen an ended run as ``request`` says; returns the attempts to publish."""
-        return self._transaction(lambda conn: control.retry(self, conn, run_id, request))
-
-    # -- history -------------------------------------------------------------------------
-
-    def _event(
-        self,
-        conn: Connection,
-        run_id: str,
-        key: str,
-        type_: str,
-        task_id: str | None = None,
-        attempt: int | None = None,
-        *,
-        data: dict[str, Any] | None = None,
-    ) -> None:
-        self._events(
-            conn,
-            [
-                {
-                    "run_id": run_id,
-                    "key": key,
-                    "type": type_,
-                    "task_id": task_id,
-                    "attempt": attempt,
-                    "data": codec.dumps(data) if data else None,
-                }
-            ],
-        )
-
-    def _events(self, conn: Connection, rows: Sequence[dict[str, Any]]) -> None:
-        if not rows:
-            return
-        conn.execute(statements.insert_events(conn), list(rows))
+        return self._transaction(lambda conn: control.retry(conn, run_id, request))
 
     # -- reads ---------------------------------------------------------------------------
 
