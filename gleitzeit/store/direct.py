@@ -2,7 +2,8 @@
 
 On PostgreSQL a task's start and success are one statement each, in autocommit
 (``statements.PG_START`` and ``PG_SUCCEED``), and so are the wait for the success on disk
-(``PG_CONFIRM_SUCCESS``) and a ledger mark on its own (``PG_MARK_PUBLISHED``). Through a
+(``PG_CONFIRM_SUCCESS``), a ledger mark on its own (``PG_MARK_PUBLISHED``) and a submit
+(``PG_CREATE_RUN``). Through a
 SQLAlchemy ``Connection`` each one cost the worker about 250 us of CPU around the round trip
 itself (the connection object, the autocommit isolation level set and reset, the result
 object, the events) against about 100 us on psycopg's own cursor; a no-op task's whole

@@ -172,7 +172,7 @@ def insert_events(conn: Connection) -> Any:
     return _INSERT_EVENTS[conn.dialect.name]
 
 
-# -- PostgreSQL: a task's start and its success, each in one statement -------------------
+# -- PostgreSQL: a task's start, its success and a submit, each in one statement ---------
 #
 # The statements above are one round trip each, and a task's progress takes ten of them
 # in two transactions: on PostgreSQL over TCP the round trips, not the work, cost the
@@ -325,5 +325,51 @@ PG_CONFIRM_SUCCESS = text(
     """
 SELECT pg_current_xact_id() AS transaction,
     (SELECT state FROM gz_attempts WHERE run_id = :r AND task_id = :t AND attempt = :a) AS state
+"""
+)
+
+#: a submit: inserts the run ``:id``, its definition, its tasks (parallel arrays, one element
+#: per task) and its ``run_submitted`` event, claims the roots (``:waiting_on`` 0: inserted
+#: queued, on attempt 1, as ``CLAIM`` leaves them) with their ledger rows, and returns them;
+#: one row with ``created = 0`` and nothing else when ``:key`` names a run already. Its
+#: commit waits for the disk, as every submit's: the run exists once this returns.
+PG_CREATE_RUN = text(
+    f"""
+WITH run AS (
+    INSERT INTO gz_runs (id, name, key, state, graph_hash, inputs_hash, tasks_total,
+                         tasks_unfinished, tasks_failed, created_at, updated_at)
+    VALUES (:id, :name, :key, '{RunState.RUNNING.value}', :graph_hash, :inputs_hash, :total,
+            :total, 0, {_NOW}, {_NOW})
+    ON CONFLICT (key) DO NOTHING
+    RETURNING id
+), definition AS (
+    INSERT INTO gz_run_definitions (run_id, graph, inputs) SELECT id, :graph, :inputs FROM run
+), created AS (
+    INSERT INTO gz_tasks (run_id, task_id, name, state, attempt, waiting_on, params, sources,
+                          children, options, deliveries, queued_at, updated_at)
+    SELECT run.id, t.task_id, t.name,
+        CASE WHEN t.waiting_on = 0
+            THEN '{TaskState.QUEUED.value}' ELSE '{TaskState.PENDING.value}' END,
+        CASE WHEN t.waiting_on = 0 THEN 1 ELSE 0 END,
+        t.waiting_on, t.params, t.sources, t.children, t.options, 0,
+        CASE WHEN t.waiting_on = 0 THEN {_NOW} END, {_NOW}
+    FROM run, unnest(CAST(:task_ids AS text[]), CAST(:names AS text[]),
+                     CAST(:waiting_on AS int[]), CAST(:params AS text[]),
+                     CAST(:sources AS text[]), CAST(:children AS text[]),
+                     CAST(:options AS text[]))
+        AS t(task_id, name, waiting_on, params, sources, children, options)
+    RETURNING task_id, attempt, options
+), claimed AS (
+    SELECT task_id, attempt, options FROM created WHERE attempt = 1
+), submitted AS (
+    INSERT INTO gz_events (run_id, key, type, data, created_at)
+    SELECT id, 'run:submitted', 'run_submitted', :event_data, {_NOW} FROM run
+), ledger AS (
+    INSERT INTO gz_dispatches (run_id, task_id, attempt, queue, countdown, publish_count,
+                               created_at)
+    SELECT :id, task_id, attempt, options::json ->> 'queue', 0, 0, {_NOW} FROM claimed
+)
+SELECT (SELECT count(*) FROM run) AS created, claimed.task_id, claimed.attempt, claimed.options
+FROM (SELECT 1) AS one LEFT JOIN claimed ON true
 """
 )

@@ -95,8 +95,8 @@ class Store:
         self.lease_seconds = lease_seconds
         self.retry_seconds = retry_seconds
         #: the statements of every task on PostgreSQL (start, success, its confirmation on
-        #: disk, a ledger mark on its own), run on the driver's connection (``direct``);
-        #: None on SQLite, where the general path runs them
+        #: disk, a ledger mark on its own) and of a submit, run on the driver's connection
+        #: (``direct``); None on SQLite, where the general path runs them
         self.direct = direct.DirectStatements(engine) if direct.supported(engine) else None
 
     @classmethod
@@ -173,7 +173,18 @@ class Store:
 
     def create_run(self, plan: RunPlan) -> Submitted:
         """Insert a run and its tasks, claim the roots; or return the run its key names."""
-        return self._transaction(lambda conn: self._create_run(conn, plan))
+        found = self.direct
+        if found is None:
+            return self._transaction(lambda conn: self._create_run(conn, plan))
+        rows = self._retried(lambda: found.run(statements.PG_CREATE_RUN, _run_arrays(plan)))
+        if not rows[0].created:
+            return self._transaction(lambda conn: self._existing_run(conn, plan), read=True)
+        claimed = [
+            steps.dispatch_of(plan.run_id, row.task_id, row.attempt, row.options)
+            for row in rows
+            if row.task_id is not None
+        ]
+        return Submitted(plan.run_id, True, claimed)
 
     def _create_run(self, conn: Connection, plan: RunPlan) -> Submitted:
         row = {
@@ -660,6 +671,28 @@ def _started(
         failures=row.failures,
         skipped=frozenset(skipped),
     )
+
+
+def _run_arrays(plan: RunPlan) -> dict[str, Any]:
+    """``PG_CREATE_RUN``'s parameters: the run's own, and its tasks' as parallel arrays."""
+    return {
+        "id": plan.run_id,
+        "name": plan.name,
+        "key": plan.key,
+        "graph_hash": plan.graph_hash,
+        "inputs_hash": plan.inputs_hash,
+        "total": len(plan.tasks),
+        "graph": plan.graph,
+        "inputs": plan.inputs,
+        "event_data": codec.dumps({"key": plan.key}),
+        "task_ids": [t.task_id for t in plan.tasks],
+        "names": [t.name for t in plan.tasks],
+        "waiting_on": [t.waiting_on for t in plan.tasks],
+        "params": [t.params for t in plan.tasks],
+        "sources": [codec.dumps(t.sources) for t in plan.tasks],
+        "children": [codec.dumps(t.children) for t in plan.tasks],
+        "options": [codec.dumps(t.options) for t in plan.tasks],
+    }
 
 
 def _published_arrays(published: Sequence[Published]) -> dict[str, list[Any]]:

@@ -1,24 +1,27 @@
-"""A task's start and success on PostgreSQL, against a real server: run on psycopg directly
-(``gleitzeit.store.direct``), with a connection the server dropped, a server that cannot be
-reached and a statement that fails for good; the success's lazy commit and its confirmation
-on disk (``Store.confirm_success``), also when the server lost it."""
+"""A submit, a task's start and its success on PostgreSQL, against a real server: run on
+psycopg directly (``gleitzeit.store.direct``), with a connection the server dropped, a
+server that cannot be reached and a statement that fails for good; the success's lazy
+commit and its confirmation on disk (``Store.confirm_success``), also when the server lost
+it; a submit writes what the general path writes."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 
 import psycopg
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 from sqlalchemy.exc import DataError, OperationalError
 
-from gleitzeit import StorageFailure, TaskState
+from gleitzeit import IdempotencyConflict, StorageFailure, TaskState
 from gleitzeit.client import plan_run
-from gleitzeit.store import Store
+from gleitzeit.store import Store, direct, statements
 from gleitzeit.store.direct import DirectStatements
 from gleitzeit.store.engine import make_engine
 from gleitzeit.store.records import Recorded
+from gleitzeit.store.tables import dispatches, events, run_definitions, runs, tasks
 from tests.conftest import postgres_admin_url
 from tests.services import free_port, postgres_database
 from tests.store.test_store import chain, fan
@@ -216,3 +219,61 @@ def test_a_success_lost_after_its_attempt_was_given_up_on_is_not_recorded(
     assert confirmed == Recorded(False)
     start = store.get_tasks(run_id)["start"]
     assert start.state is TaskState.RETRYING and start.attempt == 2  # a new attempt, not it
+
+
+def _stored(store: Store, run_id: str) -> dict[str, list[dict[str, object]]]:
+    """Every row of the run, without what differs between two submits of one plan (its id,
+    its key, the times)."""
+    differs = {"id", "run_id", "key", "created_at", "updated_at", "queued_at", "data"}
+    found: dict[str, list[dict[str, object]]] = {}
+    with store.engine.connect() as conn:
+        for table in (runs, run_definitions, tasks, events, dispatches):
+            column = table.c.id if table is runs else table.c.run_id
+            rows = conn.execute(select(table).where(column == run_id)).mappings()
+            kept = [{k: v for k, v in row.items() if k not in differs} for row in rows]
+            found[table.name] = sorted(kept, key=repr)
+    return found
+
+
+def test_a_submit_in_one_statement_writes_what_the_general_path_writes(
+    postgres_store: Store,
+) -> None:
+    store = postgres_store
+    workflow = fan(3)
+    seen: list[str] = []
+    direct.listen(seen.append)
+    try:
+        one = store.create_run(plan_run(workflow, {}, key="one"))
+    finally:
+        direct.remove(seen.append)
+    assert seen == [str(statements.PG_CREATE_RUN.compile(dialect=store.engine.dialect))]
+    store.direct, kept = None, store.direct
+    try:
+        general = store.create_run(plan_run(workflow, {}, key="general"))
+    finally:
+        store.direct = kept
+
+    assert one.created and [(d.task_id, d.attempt) for d in one.dispatches] == [("start", 1)]
+    assert one.dispatches == [replace(d, run_id=one.run_id) for d in general.dispatches]
+    assert _stored(store, one.run_id) == _stored(store, general.run_id)
+    assert store.get_tasks(one.run_id)["start"].state is TaskState.QUEUED
+    with store.engine.connect() as conn:
+        queued = conn.execute(
+            select(tasks.c.task_id).where(
+                tasks.c.run_id == one.run_id, tasks.c.queued_at.is_not(None)
+            )
+        ).scalars()
+        assert list(queued) == ["start"]
+
+
+def test_a_key_submitted_again_names_its_run_and_writes_nothing(postgres_store: Store) -> None:
+    store = postgres_store
+    first = store.create_run(plan_run(chain(2), {"n": 1}, key="report"))
+
+    again = store.create_run(plan_run(chain(2), {"n": 1}, key="report"))
+    with pytest.raises(IdempotencyConflict, match="inputs"):
+        store.create_run(plan_run(chain(2), {"n": 2}, key="report"))
+
+    assert (again.run_id, again.created, again.dispatches) == (first.run_id, False, [])
+    assert [run.id for run in store.list_runs()] == [first.run_id]
+    assert len(store.get_dispatches(first.run_id)) == 1
