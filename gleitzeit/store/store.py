@@ -250,7 +250,7 @@ class Store:
             raise IdempotencyConflict(plan.key, found.id, differs)
         return Submitted(found.id, False, [])
 
-    # -- claims --------------------------------------------------------------------------
+    # -- the ledger ----------------------------------------------------------------------
 
     def mark_published(self, published: Sequence[Published]) -> None:
         """Record in the ledger that these messages were handed to the broker, and when."""

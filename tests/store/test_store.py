@@ -43,7 +43,9 @@ def fan(width: int) -> Workflow:
     return wf
 
 
-def start_and_succeed(store: Store, run_id: str, task_id: str, attempt: int, result: str) -> list:
+def start_and_succeed(
+    store: Store, run_id: str, task_id: str, attempt: int, result: str
+) -> list[Dispatch]:
     assert store.start_attempt(run_id, task_id, attempt, worker="test") is not None
     recorded = store.record_success(run_id, task_id, attempt, result)
     assert recorded.recorded
