@@ -77,8 +77,10 @@ def reconcile(
             _count(repair, "finished", 1)
     elif stuck.stalled:
         reason = f"stalled: no task started or finished for {stall_timeout:g} s"
-        ended = fail_run(conn, stuck.run_id, reason, sweep.stalled_condition(stall_timeout))
-        _count(repair, "stalled", ended)
+        failed = fail_run(conn, stuck.run_id, reason, sweep.stalled_condition(stall_timeout))
+        if failed is not None:
+            repair.dispatches.extend(failed)  # its compensations
+            _count(repair, "stalled", 1)
     if repair.applied:
         return repair
     found = steps.claim(conn, stuck.run_id, stuck.ready)
@@ -206,27 +208,29 @@ def finalize(conn: Connection, run_id: str) -> list[Dispatch] | None:
     return steps.end_if_done(conn, run_id, count)
 
 
-def fail_run(conn: Connection, run_id: str, reason: str, condition: Any = None) -> bool:
-    """End a run ``failed`` for ``reason``: what has not finished will not run."""
+def fail_run(
+    conn: Connection, run_id: str, reason: str, condition: Any = None, *, saga: bool = True
+) -> list[Dispatch] | None:
+    """Fail a run for ``reason``: what has not finished will not run.
+
+    With ``saga``, a run with compensations to make runs them first (it stays ``running``,
+    its error set) and ends ``failed`` when they are done. Returns the compensations to
+    publish (``[]`` when the run ended at once), or ``None`` when it was not failed by this
+    call (``condition`` no longer held, or it had ended).
+    """
     where = [runs.c.id == run_id, runs.c.state.in_(run_sources(RunState.FAILED))]
     if condition is not None:
         where.append(condition)
-    retries = conn.execute(
+    run = conn.execute(
         update(runs)
         .where(*where)
-        .values(
-            state=RunState.FAILED.value,
-            error=reason,
-            tasks_unfinished=0,
-            finished_at=db_now(),
-            updated_at=db_now(),
-        )
-        .returning(runs.c.retries)
-    ).scalar_one_or_none()
-    if retries is None:
-        return False
+        .values(error=reason, tasks_unfinished=0, updated_at=db_now())
+        .returning(runs.c.state, runs.c.retries, runs.c.tasks_failed)
+    ).one_or_none()
+    if run is None:
+        return None
     started = (TaskState.QUEUED, TaskState.RETRYING, TaskState.RUNNING)
-    conn.execute(
+    failed = conn.execute(
         update(tasks)
         .where(
             tasks.c.run_id == run_id,
@@ -240,7 +244,7 @@ def fail_run(conn: Connection, run_id: str, reason: str, condition: Any = None) 
             finished_at=db_now(),
             updated_at=db_now(),
         )
-    )
+    ).rowcount
     conn.execute(
         update(tasks)
         .where(
@@ -249,8 +253,20 @@ def fail_run(conn: Connection, run_id: str, reason: str, condition: Any = None) 
         )
         .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
     )
-    steps.event(conn, run_id, f"run:{retries}:failed", "run_failed", data={"reason": reason})
-    return True
+    count = RunCount(RunState(run.state), 0, run.tasks_failed + failed, run.retries)
+    conn.execute(update(runs).where(runs.c.id == run_id).values(tasks_failed=count.failed))
+    if saga and count.failed:
+        # the run ends failed when its last compensation is done (steps.end_if_done)
+        compensations = steps.compensate(conn, run_id, count, reason=reason)
+        if compensations is not None:
+            return compensations
+    conn.execute(
+        update(runs)
+        .where(runs.c.id == run_id)
+        .values(state=RunState.FAILED.value, finished_at=db_now())
+    )
+    steps.event(conn, run_id, f"run:{run.retries}:failed", "run_failed", data={"reason": reason})
+    return []
 
 
 def set_aside(
@@ -280,4 +296,5 @@ def set_aside(
     if failures < max_failures:
         return False
     reason = f"reconciliation failed {failures} times in a row: {error}"
-    return fail_run(conn, run_id, reason)
+    # a run the reconciler cannot repair is not run further, not even its compensations
+    return fail_run(conn, run_id, reason, saga=False) is not None

@@ -167,11 +167,14 @@ def end_run(conn: Connection, run_id: str, final: RunState, retries: int) -> boo
     return bool(ended)
 
 
-def compensate(conn: Connection, run_id: str, count: RunCount) -> list[Dispatch] | None:
+def compensate(
+    conn: Connection, run_id: str, count: RunCount, *, reason: str | None = None
+) -> list[Dispatch] | None:
     """Start the saga's compensations, or ``None`` when there is nothing to undo.
 
     Each compensation is a task of the run that waits for the one before it, and
-    runs whether that one succeeded or failed.
+    runs whether that one succeeded or failed. ``reason``: why the run failed, when not
+    by its tasks (the reconciler found it stalled).
     """
     rows = conn.execute(
         select(*TASK_VIEW_COLUMNS, tasks.c.params, tasks.c.sources).where(tasks.c.run_id == run_id)
@@ -215,7 +218,7 @@ def compensate(conn: Connection, run_id: str, count: RunCount) -> list[Dispatch]
         run_id,
         f"run:{count.retries}:compensating",
         "run_compensating",
-        data={"by": "the run failed", "order": order},
+        data={"by": "the run failed", "order": order, **({"reason": reason} if reason else {})},
     )
     if count.state is not RunState.RUNNING:
         return []

@@ -211,6 +211,36 @@ def test_a_poison_task_fails_after_bounded_losses_and_the_run_ends(
     assert count_marks(marks, "poison") == 3
 
 
+def test_a_stalled_run_runs_its_compensations_and_ends_failed(cluster: Cluster, marks: str) -> None:
+    cluster.env["GLEITZEIT_STALL_TIMEOUT"] = "5"
+    cluster.start_worker()
+    cluster.start_beat()
+    wf = Workflow("stalled-saga")
+    book = wf.task(
+        "book", "tests.step", params={"step": 1, "marks": marks}, compensate="tests.undo"
+    )
+    # no worker consumes this queue: nothing of the run moves after book
+    wf.task("ship", "tests.value", params={"value": book.result}, queue="nowhere")
+    run = cluster.client().submit(wf)
+
+    state = wait_for_end(run, time.monotonic(), "")
+
+    assert state is RunState.FAILED
+    assert (run.record.error or "").startswith("stalled")
+    found = run.tasks
+    assert {task_id: task.state for task_id, task in found.items()} == {
+        "book": TaskState.SUCCEEDED,
+        "ship": TaskState.FAILED,
+        "book:compensate": TaskState.SUCCEEDED,
+    }
+    assert found["book:compensate"].result == {
+        "undid": {"step": 1, "booked": "booking-1"},
+        "step": 1,
+    }
+    assert (count_marks(marks, "step-1"), count_marks(marks, "undo-1")) == (1, 1)
+    assert_recorded_once(run)
+
+
 # -- crashes between the store and the broker ---------------------------------------------
 
 

@@ -15,6 +15,7 @@ from gleitzeit.policy import Backoff
 from gleitzeit.store import ErrorInfo, Store
 from gleitzeit.store.records import Dispatch, Holder, Published, Repair, StuckRun
 from gleitzeit.store.tables import dispatches, runs, tasks
+from tests.store.test_store import start_and_succeed
 
 NOW = {"republish_after": 0.0, "dispatch_timeout": 0.0, "stall_timeout": 3600.0}
 LATER = {"republish_after": 3600.0, "dispatch_timeout": 3600.0, "stall_timeout": 3600.0}
@@ -154,6 +155,64 @@ def test_a_stalled_run_fails_with_the_reason_and_nothing_starts_after(store: Sto
     states = {t: task.state for t, task in store.get_tasks(run_id).items()}
     assert states == {"first": TaskState.FAILED, "second": TaskState.BLOCKED}
     assert store.start_attempt(run_id, "first", 1) is None
+
+
+def saga_pair() -> Workflow:
+    wf = Workflow("saga-pair")
+    book = wf.task("book", "tests.value", params={"value": 1}, compensate="tests.undo")
+    wf.task("ship", "tests.add", params={"a": book.result, "b": 1})
+    return wf
+
+
+def stall(store: Store, run_id: str) -> StuckRun:
+    """Nothing of the run started or finished for a long time: the reconciler's finding."""
+    with store.engine.begin() as conn:
+        conn.execute(update(runs).where(runs.c.id == run_id).values(updated_at=0.0))
+        conn.execute(update(tasks).where(tasks.c.run_id == run_id).values(started_at=0.0))
+    stuck = stuck_run(store, run_id, stall_timeout=60.0)
+    assert stuck is not None and stuck.stalled
+    return stuck
+
+
+def test_a_stalled_run_runs_its_compensations_then_ends_failed(store: Store) -> None:
+    run_id = submit(store, saga_pair())
+    assert [d.task_id for d in start_and_succeed(store, run_id, "book", 1, "1")] == ["ship"]
+
+    fixed = store.reconcile_run(
+        stall(store, run_id), republish_after=0.0, stall_timeout=60.0, max_lost=3
+    )
+
+    assert fixed.applied == {"stalled": 1}
+    assert [(d.task_id, d.attempt) for d in fixed.dispatches] == [("book:compensate", 1)]
+    run = store.get_run(run_id)
+    assert run.state is RunState.RUNNING and (run.error or "").startswith("stalled")
+    states = {t: task.state for t, task in store.get_tasks(run_id).items()}
+    assert states == {
+        "book": TaskState.SUCCEEDED,
+        "ship": TaskState.FAILED,
+        "book:compensate": TaskState.QUEUED,
+    }
+    compensating = [e for e in store.get_events(run_id) if e.type == "run_compensating"]
+    assert [(e.data or {}).get("reason") for e in compensating] == [run.error]
+    assert store.start_attempt(run_id, "ship", 1) is None
+
+    assert start_and_succeed(store, run_id, "book:compensate", 1, '{"undid": 1}') == []
+    run = store.get_run(run_id)
+    assert run.state is RunState.FAILED and (run.error or "").startswith("stalled")
+    assert [e.type for e in store.get_events(run_id)].count("run_failed") == 1
+
+
+def test_a_run_set_aside_to_the_limit_ends_failed_without_its_compensations(
+    store: Store,
+) -> None:
+    run_id = submit(store, saga_pair())
+    start_and_succeed(store, run_id, "book", 1, "1")
+    backoff = Backoff(base=0.0, jitter=False)
+
+    assert store.set_aside(run_id, "ValueError: bad", max_failures=1, backoff=backoff)
+
+    assert store.get_run(run_id).state is RunState.FAILED
+    assert set(store.get_tasks(run_id)) == {"book", "ship"}
 
 
 def test_a_running_task_with_a_live_lease_is_not_a_stall(store: Store) -> None:
