@@ -18,6 +18,7 @@ from gleitzeit.store import failures, steps, sweep
 from gleitzeit.store.records import Dispatch, ErrorInfo, Recorded, Repair, RunCount, StuckRun
 from gleitzeit.store.tables import (
     attempt_key,
+    attempts,
     db_now,
     dispatches,
     on_attempt,
@@ -245,6 +246,16 @@ def fail_run(
             updated_at=db_now(),
         )
     ).rowcount
+    conn.execute(
+        update(attempts)
+        .where(attempts.c.run_id == run_id, attempts.c.state == TaskState.RUNNING.value)
+        .values(
+            state=TaskState.FAILED.value,
+            error_type="gleitzeit.RunFailed",
+            error_message=reason,
+            finished_at=db_now(),
+        )
+    )
     conn.execute(
         update(tasks)
         .where(

@@ -202,6 +202,20 @@ def test_a_stalled_run_runs_its_compensations_then_ends_failed(store: Store) -> 
     assert [e.type for e in store.get_events(run_id)].count("run_failed") == 1
 
 
+def test_a_stalled_run_closes_the_attempt_it_fails_while_running(store: Store) -> None:
+    run_id = submit(store)
+    assert store.start_attempt(run_id, "first", 1, worker="test") is not None
+    expire_lease(store, run_id, "first")
+
+    store.reconcile_run(stall(store, run_id), republish_after=0.0, stall_timeout=60.0, max_lost=3)
+
+    first = store.get_tasks(run_id)["first"]
+    assert first.state is TaskState.FAILED and first.error_type == "gleitzeit.RunFailed"
+    [attempt] = first.attempts
+    assert attempt.state == TaskState.FAILED.value and attempt.finished_at is not None
+    assert (attempt.error_message or "").startswith("stalled")
+
+
 def test_a_run_set_aside_to_the_limit_ends_failed_without_its_compensations(
     store: Store,
 ) -> None:
