@@ -265,16 +265,17 @@ def fail_run(
         .values(state=TaskState.BLOCKED.value, finished_at=db_now(), updated_at=db_now())
     )
     count = RunCount(RunState(run.state), 0, run.tasks_failed + failed, run.retries)
-    conn.execute(update(runs).where(runs.c.id == run_id).values(tasks_failed=count.failed))
     if saga and count.failed:
-        # the run ends failed when its last compensation is done (steps.end_if_done)
+        # counted first: the run ends failed when its last compensation is done
+        # (steps.end_if_done reads the count)
+        conn.execute(update(runs).where(runs.c.id == run_id).values(tasks_failed=count.failed))
         compensations = steps.compensate(conn, run_id, count, reason=reason)
         if compensations is not None:
             return compensations
     conn.execute(
         update(runs)
         .where(runs.c.id == run_id)
-        .values(state=RunState.FAILED.value, finished_at=db_now())
+        .values(state=RunState.FAILED.value, tasks_failed=count.failed, finished_at=db_now())
     )
     steps.event(conn, run_id, f"run:{run.retries}:failed", "run_failed", data={"reason": reason})
     return []

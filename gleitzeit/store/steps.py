@@ -28,9 +28,19 @@ def claim(conn: Connection, run_id: str, task_ids: Sequence[str]) -> list[Dispat
     if not task_ids:
         return []
     claimed = conn.execute(statements.CLAIM, {"r": run_id, "ids": id_list(task_ids)}).all()
-    found = [dispatch_of(run_id, row.task_id, row.attempt, row.options) for row in claimed]
+    found = dispatches_of(run_id, claimed)
     write_dispatches(conn, found)
     return found
+
+
+def dispatches_of(run_id: str, claimed: Sequence[Any]) -> list[Dispatch]:
+    """The messages of claimed attempts: rows with ``task_id``, ``attempt`` and ``options``
+    (a row whose ``task_id`` is NULL, from an outer join that claimed nothing, is none)."""
+    return [
+        dispatch_of(run_id, row.task_id, row.attempt, row.options)
+        for row in claimed
+        if row.task_id is not None
+    ]
 
 
 def dispatch_of(

@@ -179,12 +179,7 @@ class Store:
         rows = self._retried(lambda: found.run(statements.PG_CREATE_RUN, _run_arrays(plan)))
         if not rows[0].created:
             return self._transaction(lambda conn: self._existing_run(conn, plan), read=True)
-        claimed = [
-            steps.dispatch_of(plan.run_id, row.task_id, row.attempt, row.options)
-            for row in rows
-            if row.task_id is not None
-        ]
-        return Submitted(plan.run_id, True, claimed)
+        return Submitted(plan.run_id, True, steps.dispatches_of(plan.run_id, rows))
 
     def _create_run(self, conn: Connection, plan: RunPlan) -> Submitted:
         row = {
@@ -392,11 +387,7 @@ class Store:
         )
         if not rows:
             return None  # not the common case: nothing was changed
-        claimed = [
-            steps.dispatch_of(run_id, row.task_id, row.attempt, row.options)
-            for row in rows
-            if row.task_id is not None
-        ]
+        claimed = steps.dispatches_of(run_id, rows)
         return Recorded(True, claimed, durable=False)
 
     def confirm_success(self, run_id: str, task_id: str, attempt: int, result: str) -> Recorded:
