@@ -46,6 +46,13 @@ class Settings:
     breaker_reset_seconds: float = 30.0
     #: how long a store operation retries a database that is unreachable or locked
     storage_retry_seconds: float = 30.0
+    #: how often a worker marks itself seen in the store; ``gleitzeit health`` counts a
+    #: worker unseen for three of these as gone
+    worker_heartbeat_interval: float = 10.0
+    #: the metrics exporter reads rows recorded at least this long ago, so that a scrape
+    #: never passes over a transaction that commits after it (a ledger mark is stamped
+    #: with when its message went out, a fraction of a second before it is written)
+    metrics_settle_seconds: float = 5.0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

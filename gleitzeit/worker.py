@@ -22,6 +22,7 @@ from gleitzeit.checks import check_app
 from gleitzeit.dispatch import EXECUTE_TASK, Dispatcher
 from gleitzeit.errors import StorageFailure
 from gleitzeit.executor import Executor
+from gleitzeit.presence import WorkerPresence, task_names
 from gleitzeit.reconcile import Reconciler
 from gleitzeit.settings import Settings
 from gleitzeit.store import Store
@@ -154,6 +155,37 @@ def _warn_about_settings(sender: Any = None, **_: Any) -> None:
         return
     for finding in check_app(app, settings_of(app)):
         log.log(finding.log_level, "gleitzeit: %s", finding)
+
+
+_presences: list[WorkerPresence] = []
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _register_worker(sender: Any = None, **_: Any) -> None:
+    """A started worker registers in the store and a thread marks it seen from then on."""
+    app = getattr(sender, "app", None)
+    if app is None or EXECUTE_TASK not in app.tasks:
+        return
+    settings = settings_of(app)
+    try:
+        store = Store.from_settings(settings, migrate=False)
+    except StorageFailure as exc:
+        log.warning("gleitzeit: worker presence off, no store: %s", exc)
+        return
+    presence = WorkerPresence(
+        store,
+        str(sender.hostname),
+        task_names(app.tasks),
+        interval=settings.worker_heartbeat_interval,
+    )
+    presence.start()
+    _presences.append(presence)
+
+
+@signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _stop_presence(**_: Any) -> None:
+    while _presences:
+        _presences.pop().stop()
 
 
 @signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]

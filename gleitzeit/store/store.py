@@ -30,7 +30,17 @@ from gleitzeit.states import (
     TaskState,
     task_moves,
 )
-from gleitzeit.store import control, direct, failures, reads, recovery, statements, steps, sweep
+from gleitzeit.store import (
+    control,
+    direct,
+    failures,
+    processes,
+    reads,
+    recovery,
+    statements,
+    steps,
+    sweep,
+)
 from gleitzeit.store.engine import engine_for
 from gleitzeit.store.migrate import ensure_schema
 from gleitzeit.store.records import (
@@ -586,6 +596,28 @@ class Store:
                 conn, run_id, error, max_failures=max_failures, backoff=backoff
             )
         )
+
+    # -- processes -----------------------------------------------------------------------
+
+    def register_process(
+        self, name: str, kind: str, *, host: str | None, pid: int | None, tasks: list[str]
+    ) -> None:
+        """Record that the process ``name`` (a worker's hostname) started, seen now."""
+        self._transaction(lambda conn: processes.register(conn, name, kind, host, pid, tasks))
+
+    def process_seen(self, name: str) -> bool:
+        """Mark ``name`` seen now; ``False`` when it never registered (or was removed)."""
+        return self._transaction(lambda conn: processes.seen(conn, name))
+
+    def record_reconcile_pass(
+        self, applied: dict[str, int], stuck: int, *, host: str | None, pid: int | None
+    ) -> None:
+        """A reconciler pass ended: the reconciler is seen, its repair counts grow."""
+        self._transaction(lambda conn: processes.reconciled(conn, host, pid, applied, stuck))
+
+    def get_processes(self, kind: str | None = None) -> list[processes.ProcessRecord]:
+        """The processes the store has seen (of ``kind``), with their age by its clock."""
+        return self._transaction(lambda conn: processes.read(conn, kind), read=True)
 
     # -- run control ---------------------------------------------------------------------
 
