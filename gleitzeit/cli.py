@@ -407,7 +407,9 @@ def metrics(port: int, host: str) -> None:
     try:
         server = serve_metrics(settings, host=host, port=port)
     except OSError as exc:
-        raise click.ClickException(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from exc
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from exc
     click.echo(f"serving metrics on http://{host}:{server.port}/metrics", err=True)
     try:
         server.wait()

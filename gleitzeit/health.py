@@ -11,17 +11,15 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Collection
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import Any
 
-from kombu import Connection
-from sqlalchemy.engine import make_url
+from kombu.connection import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from gleitzeit.errors import StorageFailure
 from gleitzeit.settings import Settings
 from gleitzeit.store import Store
-from gleitzeit.store.engine import engine_for, is_sqlite
+from gleitzeit.store.engine import engine_for, sqlite_file_missing
 from gleitzeit.store.migrate import current_revision, head_revision
 from gleitzeit.store.processes import RECONCILER, WORKER, ProcessRecord
 
@@ -111,12 +109,9 @@ def _store(settings: Settings) -> Callable[[], Store]:
 
 
 def _sqlite_file_exists(url: str) -> None:
-    """Opening a SQLite file that is not there would make an empty one: say so instead."""
-    if not is_sqlite(url):
-        return
-    database = make_url(url).database
-    if database and database != ":memory:" and not Path(database).is_file():
-        raise _Failed(f"store unreachable: no SQLite database at {database}")
+    missing = sqlite_file_missing(url)
+    if missing:
+        raise _Failed(f"store unreachable: no SQLite database at {missing}")
 
 
 def _check_store(settings: Settings) -> tuple[str, dict[str, Any]]:
@@ -131,7 +126,8 @@ def _check_store(settings: Settings) -> tuple[str, dict[str, Any]]:
 
 
 def _check_broker(url: str, timeout: float) -> tuple[str, dict[str, Any]]:
-    with Connection(url, connect_timeout=timeout, transport_options={"max_retries": 0}) as conn:
+    options = {"max_retries": 0}
+    with Connection(url, connect_timeout=timeout, transport_options=options) as conn:  # type: ignore[no-untyped-call]
         try:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
         except Exception as exc:  # kombu raises the transport's own errors

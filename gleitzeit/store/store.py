@@ -619,6 +619,10 @@ class Store:
         """The processes the store has seen (of ``kind``), with their age by its clock."""
         return self._transaction(lambda conn: processes.read(conn, kind), read=True)
 
+    def read_only(self, work: Callable[[Connection], T]) -> T:
+        """``work`` in one read-only transaction (the metrics exporter's reads)."""
+        return self._transaction(work, read=True)
+
     # -- run control ---------------------------------------------------------------------
 
     def pause_run(self, run_id: str, *, by: str) -> control.Controlled:
