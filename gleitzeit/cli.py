@@ -385,9 +385,10 @@ def _reach(app: Any, settings: Settings) -> list[Finding]:
     type=click.Choice(CHECKS),
     help="Check only this part (repeatable); every part by default.",
 )
-def health(as_json: bool, only: Sequence[str]) -> None:
+@click.option("--worker", help="The workers check asks for this worker (its Celery hostname).")
+def health(as_json: bool, only: Sequence[str], worker: str | None) -> None:
     """Is the deployment well? Store and schema, broker, reconciler, workers (exit 0/1)."""
-    found = check_health(Settings.from_env(), only=only or None)
+    found = check_health(Settings.from_env(), only=only or None, worker=worker)
     if as_json:
         _print_json(found.to_dict())
     else:

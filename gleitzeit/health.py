@@ -60,12 +60,17 @@ class _Failed(Exception):
 
 
 def check_health(
-    settings: Settings, *, only: Collection[str] | None = None, timeout: float = 5.0
+    settings: Settings,
+    *,
+    only: Collection[str] | None = None,
+    worker: str | None = None,
+    timeout: float = 5.0,
 ) -> Health:
     """Check the parts of the deployment ``settings`` name (those of ``only``, if given).
 
-    Never raises for a part that is down: that part's check says so. ``timeout`` bounds
-    the broker's answer.
+    Never raises for a part that is down: that part's check says so. ``worker``: the
+    workers check asks that this worker (its Celery hostname) be seen, not just any.
+    ``timeout`` bounds the broker's answer.
     """
     wanted = [name for name in CHECKS if only is None or name in only]
     store = _store(settings)
@@ -73,7 +78,7 @@ def check_health(
         "store": lambda: _check_store(settings),
         "broker": lambda: _check_broker(settings.broker_url, timeout),
         "reconciler": lambda: _check_reconciler(store, settings),
-        "workers": lambda: _check_workers(store, settings),
+        "workers": lambda: _check_workers(store, settings, worker),
     }
     return Health([_timed(name, found[name]) for name in wanted])
 
@@ -147,11 +152,17 @@ def _check_reconciler(store: Callable[[], Store], settings: Settings) -> tuple[s
     return f"seen {last.age:.1f} s ago on {last.host}", data
 
 
-def _check_workers(store: Callable[[], Store], settings: Settings) -> tuple[str, dict[str, Any]]:
+def _check_workers(
+    store: Callable[[], Store], settings: Settings, name: str | None
+) -> tuple[str, dict[str, Any]]:
     limit = MISSED_INTERVALS * settings.worker_heartbeat_interval
     found = store().get_processes(WORKER)
     live = [worker for worker in found if worker.age <= limit]
     data = {"workers": [_worker(worker, limit) for worker in found]}
+    if name is not None:
+        if not any(worker.name == name for worker in live):
+            raise _Failed(f"worker {name} not seen in the last {limit:g} s")
+        return f"{name} seen in the last {limit:g} s", data
     if not live:
         raise _Failed(f"no worker seen in the last {limit:g} s ({len(found)} seen before)")
     names = ", ".join(worker.name for worker in live)

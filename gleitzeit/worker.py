@@ -168,7 +168,7 @@ def _register_worker(sender: Any = None, **_: Any) -> None:
         return
     settings = settings_of(app)
     try:
-        store = Store.from_settings(settings, migrate=False)
+        store = Store.from_settings(settings)
     except StorageFailure as exc:
         log.warning("gleitzeit: worker presence off, no store: %s", exc)
         return
