@@ -53,6 +53,10 @@ class Settings:
     #: never passes over a transaction that commits after it (a ledger mark is stamped
     #: with when its message went out, a fraction of a second before it is written)
     metrics_settle_seconds: float = 5.0
+    #: a worker serves its process-local metrics (its circuit breaker, its publish sizes)
+    #: on this port of the loopback; 0: it does not. Under the prefork pool set
+    #: ``PROMETHEUS_MULTIPROC_DIR`` too (see :mod:`gleitzeit.process_metrics`)
+    worker_metrics_port: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

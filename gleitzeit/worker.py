@@ -18,6 +18,7 @@ from typing import Any
 from celery import Celery, signals
 from celery.exceptions import Reject
 
+from gleitzeit import process_metrics
 from gleitzeit.checks import check_app
 from gleitzeit.dispatch import EXECUTE_TASK, Dispatcher
 from gleitzeit.errors import StorageFailure
@@ -180,6 +181,8 @@ def _register_worker(sender: Any = None, **_: Any) -> None:
     )
     presence.start()
     _presences.append(presence)
+    if settings.worker_metrics_port:
+        process_metrics.serve(settings.worker_metrics_port)
 
 
 @signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
@@ -193,6 +196,7 @@ def _mark_published(**_: Any) -> None:
     """A pool process that stops marks what it published before it goes."""
     for executor in _executors.values():
         executor.marks.flush()
+    process_metrics.process_gone(os.getpid())
 
 
 def create_app(settings: Settings | None = None, *, main: str = "gleitzeit") -> Celery:
