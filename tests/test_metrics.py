@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import secrets
 import socket
 import subprocess
@@ -11,12 +12,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
+import gleitzeit.process_metrics  # noqa: F401  (a worker's own figures, on REGISTRY)
 from gleitzeit import Client, Settings, Workflow
 from gleitzeit.errors import WorkflowFailed
 from gleitzeit.metrics import registry_for
+from gleitzeit.store import Store
 from tests.services import REPO_ROOT, free_port, wait_until
 from tests.test_cli import GLEITZEIT
 
@@ -183,3 +186,37 @@ def test_the_metrics_command_serves_and_a_second_one_on_its_port_says_why_not(
     ]
     with socket.create_connection(("127.0.0.1", port), timeout=5):
         pass  # the first exporter still serves
+
+
+def _families(text: str) -> dict[str, str]:
+    """gleitzeit's metrics in ``text``, as their documents name them, with their type
+    (whether or not they have samples yet)."""
+    found = {}
+    for family in text_string_to_metric_families(text):
+        # prometheus_client's own ``_created`` series of a process's counters and histograms
+        if family.name.startswith("gleitzeit_") and not family.name.endswith("_created"):
+            suffix = "_total" if family.type == "counter" else ""
+            found[family.name + suffix] = family.type
+    return found
+
+
+def test_the_docs_dashboard_and_alerts_name_only_metrics_that_exist(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'g.db'}"
+    Store.open(url).record_reconcile_pass({}, 0, host="h", pid=1)
+    registry, _ = registry_for(Settings(database_url=url))
+    families = _families(generate_latest(registry).decode())
+    families |= _families(generate_latest(REGISTRY).decode())  # a worker's own figures
+    exposed = set(families) | {
+        name + suffix
+        for name, kind in families.items()
+        if kind == "histogram"
+        for suffix in ("_bucket", "_count", "_sum")
+    }
+    docs = REPO_ROOT / "docs"
+
+    for name in ("observability.md", "grafana-dashboard.json", "alerts.yml"):
+        named = set(re.findall(r"gleitzeit_[a-z_]+[a-z]", (docs / name).read_text()))
+        assert named, name
+        assert named <= exposed, f"{name} names metrics that do not exist: {named - exposed}"
+    table = re.findall(r"^\| `(gleitzeit_[a-z_]+)`", (docs / "observability.md").read_text(), re.M)
+    assert sorted(table) == sorted(families), "observability.md's tables and the metrics differ"
