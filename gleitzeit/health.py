@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kombu.connection import Connection
+from kombu.utils.url import maybe_sanitize_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from gleitzeit.errors import StorageFailure
@@ -131,13 +132,14 @@ def _check_store(settings: Settings) -> tuple[str, dict[str, Any]]:
 
 
 def _check_broker(url: str, timeout: float) -> tuple[str, dict[str, Any]]:
+    shown = str(maybe_sanitize_url(url))
     options = {"max_retries": 0}
     with Connection(url, connect_timeout=timeout, transport_options=options) as conn:  # type: ignore[no-untyped-call]
         try:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
         except Exception as exc:  # kombu raises the transport's own errors
-            raise _Failed(f"broker unreachable at {conn.as_uri()}: {_first_line(exc)}") from exc
-        return f"{conn.as_uri()} answers", {"url": conn.as_uri()}
+            raise _Failed(f"broker unreachable at {shown}: {_first_line(exc)}") from exc
+    return f"{shown} answers", {"url": shown}
 
 
 def _check_reconciler(store: Callable[[], Store], settings: Settings) -> tuple[str, dict[str, Any]]:

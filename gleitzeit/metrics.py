@@ -288,7 +288,9 @@ class StoreCollector(Collector):
             ended.add_metric([workflow, state], n)
         yield ended
         retries = CounterMetricFamily(
-            "gleitzeit_task_retries", "Failed attempts that are tried again", labels=["workflow"]
+            "gleitzeit_task_retries",
+            "Failed attempts that are tried again (the task's retries, a lost worker)",
+            labels=["workflow"],
         )
         for workflow, n in sorted(totals.retries.items()):
             retries.add_metric([workflow], n)
