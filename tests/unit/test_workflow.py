@@ -52,7 +52,7 @@ def daily_report() -> Workflow:
 # -- wf.task and handles ---------------------------------------------------------------
 
 
-def test_the_spec_example_builds_and_validates() -> None:
+def test_the_readme_example_builds_and_validates() -> None:
     wf = daily_report()
     wf.validate(inputs={"day": "2026-11-21"})
     assert [spec.id for spec in wf.specs] == ["extract", "clean", "notify", "audit"]
