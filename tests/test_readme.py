@@ -3,15 +3,16 @@
 The convention (also in docs/design.md, "Running the tests"):
 
 - Every ```bash block of README.md is run, in order, as one session: in a copy of the
-  repository (a fresh clone, as a newcomer has it), with this venv's ``bin`` first on PATH (an
-  activated venv: ``gleitzeit`` and ``celery`` are the installed package's), against a
-  redis-server and a SQLite file this test starts. A block the test cannot run is fenced
-  ```text or ```console, never ```bash; every fenced block names its language (see
-  ``FENCES``), so a command cannot slip past this test unfenced.
+  repository (a fresh clone, as a newcomer has it), against a redis-server and a SQLite file
+  this test starts. Its first command makes ``.venv`` in the copy and installs the package into
+  it for real; once the README activates that venv, ``gleitzeit`` and ``celery`` are its. A
+  block the test cannot run is fenced ```text or ```console, never ```bash; every fenced
+  block names its language (see ``FENCES``), so a command cannot slip past this test unfenced.
 - A block is split into commands (lines, ``\\``-continuations joined). Consecutive ordinary
   commands run as one ``bash -euo pipefail`` script (so ``RUN=$(...)`` reaches the next line)
   and must exit 0. Some commands are handled instead of run, by ``SPECIAL``:
-  ``export NAME=VALUE`` sets the session's environment; ``pip install`` of its own (it would
+  ``export NAME=VALUE`` sets the session's environment, ``. .venv/bin/activate`` puts the
+  venv first on its PATH; ``pip install`` of its own (it would
   fetch gleitzeit from PyPI) is checked: each extra it names is one the package declares;
   ``bash scripts/test.sh`` (the whole suite: this test would run itself) is checked to be the
   command ``.ci/run`` calls; ``celery ... worker`` and ``celery ... beat`` run until stopped, so
@@ -137,6 +138,18 @@ def do_export(argv: list[str], session: Session) -> None:
     session.env[name] = value
 
 
+def is_activate(argv: list[str]) -> bool:
+    return argv[:1] in (["."], ["source"]) and argv[1:] == [".venv/bin/activate"]
+
+
+def do_activate(argv: list[str], session: Session) -> None:
+    """What activating does for later commands: the venv the README made comes first."""
+    venv = session.workdir / ".venv"
+    assert (venv / "bin" / "activate").is_file(), "no venv to activate: the README makes it first"
+    session.env["VIRTUAL_ENV"] = str(venv)
+    session.env["PATH"] = os.pathsep.join([str(venv / "bin"), session.env["PATH"]])
+
+
 def is_pip_install(argv: list[str]) -> bool:
     return len(argv) >= 2 and Path(argv[0]).name == "pip" and argv[1] == "install"
 
@@ -196,6 +209,7 @@ def start_long_running(argv: list[str], session: Session) -> None:
 #: (is it, what to do instead of running it)
 SPECIAL: list[tuple[Callable[[list[str]], bool], Callable[[list[str], Session], None]]] = [
     (is_export, do_export),
+    (is_activate, do_activate),
     (is_pip_install, check_pip_install),
     (is_test_command, check_test_command),
     (is_long_running, start_long_running),
@@ -238,14 +252,20 @@ def run_block(lines: list[str], session: Session, where: str) -> None:
 # -- the session ------------------------------------------------------------------------------
 
 
-def session_env(venv_bin: Path, broker_url: str, database_url: str) -> dict[str, str]:
+def session_env(broker_url: str, database_url: str) -> dict[str, str]:
+    """A newcomer's shell: no venv of this test's active, no settings of the developer's."""
     env = {
         name: value
         for name, value in os.environ.items()
         if not name.startswith(("GLEITZEIT_", "CELERY_"))
         and name not in ("VIRTUAL_ENV", "PYTHONPATH")
     }
-    env["PATH"] = os.pathsep.join([str(venv_bin), env.get("PATH", "")])
+    ours = Path(sys.executable).parent.resolve()
+    env["PATH"] = os.pathsep.join(
+        entry
+        for entry in env.get("PATH", os.defpath).split(os.pathsep)
+        if entry and Path(entry).resolve() != ours
+    )
     env["CELERY_BROKER_URL"] = broker_url
     env["GLEITZEIT_DATABASE_URL"] = database_url
     env["GLEITZEIT_RECONCILE_INTERVAL"] = "1"
@@ -265,7 +285,7 @@ def session(redis_server: RedisServer, tmp_path: Path) -> Iterator[Session]:
         workdir=workdir,
         broker_url=broker_url,
         database_url=database_url,
-        env=session_env(Path(sys.executable).parent, broker_url, database_url),
+        env=session_env(broker_url, database_url),
         logs=logs,
     )
     try:
