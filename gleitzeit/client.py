@@ -17,7 +17,6 @@ from gleitzeit.dispatch import Dispatcher
 from gleitzeit.errors import (
     GraphChanged,
     ParamsError,
-    RunControlError,
     RunTimeout,
     WorkflowFailed,
 )
@@ -338,20 +337,15 @@ def _retry_request(
 def _changed_definition(
     record: RunRecord, stored: Workflow, workflow: Workflow, force: bool
 ) -> tuple[set[str], list[PlannedTask]]:
-    """The tasks whose definition changed, and their new rows; refused unless ``force``."""
+    """The tasks whose definition changed, and their new rows; refused unless ``force``.
+
+    A new shape (tasks added or removed, dependencies changed) is refused even with ``force``,
+    and the refusal says so instead of suggesting it.
+    """
     old = {spec.id: spec for spec in stored.specs}
     new = {spec.id: spec for spec in workflow.specs}
     changed = sorted(tid for tid in old.keys() & new.keys() if old[tid] != new[tid])
     added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
-    if not force:
-        what = [f"tasks changed: {changed}"] if changed else []
-        what += [f"added: {added}"] if added else []
-        what += [f"removed: {removed}"] if removed else []
-        raise GraphChanged(
-            f"run {record.id} was submitted with another definition of {record.name!r} "
-            f"({'; '.join(what) or 'workflow renamed'}); retry with force=True (--force) to "
-            "rerun the changed tasks under the new definition, or submit it as a new run"
-        )
     workflow.validate()
     before, after = DependencyResolver(stored), DependencyResolver(workflow)
     reshaped = sorted(
@@ -361,9 +355,20 @@ def _changed_definition(
         or before.stands_in_for.get(tid) != after.stands_in_for.get(tid)
     )
     if added or removed or reshaped or stored.name != workflow.name:
-        raise RunControlError(
-            f"a forced retry may change tasks' params and options, not the graph's shape "
-            f"(added: {added}, removed: {removed}, dependencies changed: {reshaped}); "
-            "submit the new definition as a new run"
+        what = [f"added: {added}"] if added else []
+        what += [f"removed: {removed}"] if removed else []
+        what += [f"dependencies changed: {reshaped}"] if reshaped else []
+        if stored.name != workflow.name:
+            what.append(f"renamed {stored.name!r} -> {workflow.name!r}")
+        raise GraphChanged(
+            f"run {record.id} was submitted with another shape of {record.name!r} "
+            f"({'; '.join(what)}); a retry reruns tasks of the graph it has and may change only "
+            "their params and options: submit the new definition as a new run"
+        )
+    if not force:
+        raise GraphChanged(
+            f"run {record.id} was submitted with another definition of {record.name!r} "
+            f"(tasks changed: {changed}); retry with force=True (--force) to rerun them under "
+            "the new definition, or submit it as a new run"
         )
     return set(changed), [_planned_task(after, new[tid]) for tid in changed]

@@ -39,16 +39,20 @@ class ParamsError(GleitzeitError, ValueError):
     """Params or inputs given to a workflow cannot be stored: they are not JSON."""
 
 
+#: how a conflict names each part that differs
+_DIFFERENT = {"graph": "a different graph", "inputs": "different inputs"}
+
+
 class IdempotencyConflict(GleitzeitError):
     """A submission reused a key that names a run with another graph or other inputs."""
 
     def __init__(self, key: str, run_id: str, differs: Iterable[str]) -> None:
         self.key = key
         self.run_id = run_id
+        #: what differs: ``"graph"``, ``"inputs"`` or both
         self.differs = list(differs)
-        super().__init__(
-            f"key {key!r} already names run {run_id} with a different {' and '.join(self.differs)}"
-        )
+        what = " and ".join(_DIFFERENT.get(part, f"a different {part}") for part in self.differs)
+        super().__init__(f"key {key!r} already names run {run_id}, with {what}")
 
 
 class RunNotFound(GleitzeitError, KeyError):
@@ -96,7 +100,23 @@ class RunControlError(GleitzeitError, ValueError):
 
 
 class GraphChanged(RunControlError):
-    """A retry against a workflow definition that differs from the run's; pass ``force``."""
+    """A retry against a workflow definition that differs from the run's; nothing changed.
+
+    ``force`` reruns the changed tasks under the new definition when only their params and
+    options changed; a new shape of the graph is a new run.
+    """
+
+
+class UnknownTask(GleitzeitError):
+    """A task's error when the worker that got its message has no Celery task of that name."""
+
+
+class WorkerLost(GleitzeitError):
+    """A task's error when the worker running it was lost too often (killed, out of memory)."""
+
+
+class RunFailed(GleitzeitError):
+    """A task's error when the reconciler failed its run (stalled, or not repairable)."""
 
 
 class DispatchFailure(GleitzeitError):

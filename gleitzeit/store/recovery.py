@@ -12,7 +12,8 @@ from typing import Any
 
 from sqlalchemy import Connection, exists, func, select, update
 
-from gleitzeit.policy import Backoff, compute_backoff
+from gleitzeit.errors import RunFailed, WorkerLost
+from gleitzeit.policy import Backoff, compute_backoff, type_name
 from gleitzeit.states import FINAL_TASK_STATES, RunState, TaskState, run_sources, task_moves
 from gleitzeit.store import failures, steps, sweep
 from gleitzeit.store.records import Dispatch, ErrorInfo, Recorded, Repair, RunCount, StuckRun
@@ -26,6 +27,10 @@ from gleitzeit.store.tables import (
     state_in,
     tasks,
 )
+
+#: the error types a task's error is recorded with when the reconciler gives it up
+_WORKER_LOST = type_name(WorkerLost)
+_RUN_FAILED = type_name(RunFailed)
 
 
 def lose(
@@ -50,12 +55,12 @@ def lose(
         return Recorded(False)
     if row.lost >= max_lost:
         error = ErrorInfo(
-            "gleitzeit.WorkerLost",
+            _WORKER_LOST,
             f"gave up after the worker running this task was lost {row.lost} times "
             f"(killed, out of memory, or stopped without finishing); last: {reason}",
         )
         return failures.fail(conn, run_id, task_id, attempt, error, by_task=False)
-    error = ErrorInfo("gleitzeit.WorkerLost", f"{reason} (lost {row.lost} of {max_lost})")
+    error = ErrorInfo(_WORKER_LOST, f"{reason} (lost {row.lost} of {max_lost})")
     return failures.retry(conn, run_id, task_id, attempt, error, 0.0, by_task=False)
 
 
@@ -239,7 +244,7 @@ def fail_run(
         )
         .values(
             state=TaskState.FAILED.value,
-            error_type="gleitzeit.RunFailed",
+            error_type=_RUN_FAILED,
             error_message=reason,
             lease_until=None,
             finished_at=db_now(),
@@ -251,7 +256,7 @@ def fail_run(
         .where(attempts.c.run_id == run_id, attempts.c.state == TaskState.RUNNING.value)
         .values(
             state=TaskState.FAILED.value,
-            error_type="gleitzeit.RunFailed",
+            error_type=_RUN_FAILED,
             error_message=reason,
             finished_at=db_now(),
         )
