@@ -11,6 +11,7 @@ from typing import Any
 
 import click
 
+from gleitzeit import display
 from gleitzeit.checks import Finding, check_app
 from gleitzeit.client import Client, Run
 from gleitzeit.errors import (
@@ -180,16 +181,35 @@ def submit(
         _finish(started)
 
 
+_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+
+
 @main.command()
 @click.argument("run_id")
-def status(run_id: str) -> None:
-    """Print a run's state and its tasks' states."""
-    run_ = Client().get(run_id)
-    record = run_.record
-    click.echo(f"run {record.id} {record.name}: {record.state.value}")
-    for task_id, task in run_.tasks.items():
-        line = f"  {task_id:<24} {task.state.value:<10} attempt {task.attempt}"
-        click.echo(line + (f"  {task.error}" if task.error else ""))
+@click.option("--task", "task_id", help="One task: each of its attempts, with tracebacks.")
+@_json
+def status(run_id: str, task_id: str | None, as_json: bool) -> None:
+    """Print a run and its tasks: state, attempts, time taken, result or error."""
+    store = Client().store
+    record = store.get_run(run_id)
+    if task_id is not None:
+        found = store.get_tasks(run_id)
+        if task_id not in found:
+            raise click.BadParameter(
+                f"run {run_id} has no task {task_id!r} (it has: {', '.join(sorted(found))})",
+                param_hint="--task",
+            )
+        task = found[task_id]
+        if as_json:
+            _print_json(display.as_json(task))
+        else:
+            click.echo("\n".join(display.task_lines(run_id, task)))
+        return
+    found = store.get_tasks(run_id, with_attempts=False)
+    if as_json:
+        _print_json({"run": display.as_json(record), "tasks": display.as_json(found)})
+    else:
+        click.echo("\n".join(display.run_lines(record, found)))
 
 
 @main.command()
@@ -205,14 +225,14 @@ def watch(run_id: str) -> None:
 @click.option("--status", "status_", type=click.Choice([s.value for s in RunState]))
 @click.option("--name")
 @click.option("--limit", type=int, default=50, show_default=True)
-def list_runs(status_: str | None, name: str | None, limit: int) -> None:
-    """List the newest runs."""
-    for record in Client().runs(status=status_, name=name, limit=limit):
-        done = record.tasks_total - record.tasks_unfinished
-        click.echo(
-            f"{record.id}  {record.name:<24} {record.state.value:<10} "
-            f"{done}/{record.tasks_total} tasks"
-        )
+@_json
+def list_runs(status_: str | None, name: str | None, limit: int, as_json: bool) -> None:
+    """List the newest runs: state, tasks done, when submitted and ended, time taken."""
+    found = Client().runs(status=status_, name=name, limit=limit)
+    if as_json:
+        _print_json(display.as_json(found))
+    elif found:
+        click.echo("\n".join(display.runs_lines(found)))
 
 
 @main.command()

@@ -275,3 +275,91 @@ def test_pause_resume_cancel_retry_and_history_from_the_command_line(
         assert "  by " in line and "@" in line  # who: user@host
     assert kinds.index("run_cancelled") < kinds.index("run_retried")
     assert '"new_inputs": true' in next(line for line in lines if "run_retried" in line)
+
+
+# -- what status and list show ----------------------------------------------------------------
+
+RETRIED = (
+    "name: retried\n"
+    "tasks:\n"
+    "  - {id: ok, task: tests.value, params: {value: {rows: 3}}}\n"
+    "  - {id: bad, task: tests.fail, params: {message: 'no ${ok.result.rows}'}, retries: 1,"
+    " backoff: 0.01}\n"
+    "  - {id: after, task: tests.value, params: {value: '${bad.result}'}}\n"
+)
+
+
+def ran(tmp_path: Path, flow: str) -> tuple[dict[str, str], str]:
+    """Run ``flow`` embedded into a store of its own; its environment and the run's id."""
+    path = tmp_path / "flow.yaml"
+    path.write_text(flow)
+    env = _env(GLEITZEIT_DATABASE_URL=f"sqlite:///{tmp_path / 'shown.db'}")
+    run_cli("run", str(path), "-I", "tests.tasks", "--quiet", env=env)
+    listed = json.loads(run_cli("list", "--json", env=env).stdout)
+    return env, listed[0]["id"]
+
+
+def test_status_shows_each_tasks_attempts_time_and_result_or_error(tmp_path: Path) -> None:
+    env, run_id = ran(tmp_path, RETRIED)
+
+    done = run_cli("status", run_id, env=env)
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[0] == f"run {run_id} retried: failed (3/3 tasks done)"
+    assert lines[1].startswith("submitted 20") and "  ended 20" in lines[1]
+    table = lines[lines.index("") + 1 :]
+    assert table[0].split() == ["TASK", "STATE", "ATTEMPTS", "TOOK", "RESULT", "/", "ERROR"]
+    rows = {line.split()[0]: line.split(maxsplit=4) for line in table[1:]}
+    assert rows["ok"][1:3] == ["succeeded", "1"] and rows["ok"][4] == '{"rows":3}'
+    assert rows["bad"][1:3] == ["failed", "2"] and rows["bad"][4] == "ValueError: no 3"
+    assert rows["after"][1:4] == ["blocked", "0", "-"]
+    assert rows["ok"][3].endswith(("ms", "s"))
+    # the columns line up: every row's state starts where the header's does
+    column = table[0].index("STATE")
+    assert all(line[column - 2 : column] == "  " and line[column] != " " for line in table)
+
+    shown = json.loads(run_cli("status", run_id, "--json", env=env).stdout)
+    assert shown["run"]["id"] == run_id and shown["tasks"]["ok"]["result"] == {"rows": 3}
+
+
+def test_status_of_one_task_shows_every_attempt_with_its_traceback(tmp_path: Path) -> None:
+    env, run_id = ran(tmp_path, RETRIED)
+
+    done = run_cli("status", run_id, "--task", "bad", env=env)
+
+    assert done.returncode == 0, done.stderr
+    text = done.stdout
+    assert text.startswith(f"task bad (tests.fail) of run {run_id}: failed, attempt 2")
+    attempts = [line for line in text.splitlines() if line.startswith("attempt ")]
+    assert [line.split(",")[0] for line in attempts] == ["attempt 1: failed", "attempt 2: failed"]
+    assert text.count("Traceback (most recent call last):") == 2
+    assert text.count("raise ValueError(message)") == 2
+
+    unknown = run_cli("status", run_id, "--task", "ghost", env=env)
+    assert unknown.returncode == 2 and "has no task 'ghost'" in unknown.stderr
+
+    as_json = json.loads(run_cli("status", run_id, "--task", "bad", "--json", env=env).stdout)
+    assert [a["error_type"] for a in as_json["attempts"]] == ["ValueError", "ValueError"]
+    assert all("Traceback" in a["traceback"] for a in as_json["attempts"])
+
+
+def test_list_shows_when_each_run_was_submitted_and_ended_and_how_long_it_took(
+    tmp_path: Path,
+) -> None:
+    env, run_id = ran(tmp_path, RETRIED)
+
+    done = run_cli("list", env=env)
+
+    assert done.returncode == 0, done.stderr
+    header, row = done.stdout.splitlines()
+    assert header.split() == ["RUN", "NAME", "STATE", "TASKS", "SUBMITTED", "ENDED", "TOOK"]
+    cells = row.split()
+    assert cells[:4] == [run_id, "retried", "failed", "3/3"]
+    submitted, ended = f"{cells[4]} {cells[5]}", f"{cells[6]} {cells[7]}"
+    assert submitted <= ended and submitted.startswith("20")
+    assert cells[8].endswith(("ms", "s"))
+    assert row.index(cells[4]) == header.index("SUBMITTED")
+
+    (listed,) = json.loads(run_cli("list", "--json", env=env).stdout)
+    assert listed["state"] == "failed" and listed["finished_at"] >= listed["created_at"]
