@@ -26,6 +26,7 @@ from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState
 from gleitzeit.store import Store
 from gleitzeit.strategies import FROM_FAILURE, RETRY_STRATEGIES
+from gleitzeit.workflow import Workflow
 
 
 def _parse_inputs(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
@@ -68,11 +69,15 @@ def _show_progress(run: Run, *, interval: float = 0.2) -> None:
             time.sleep(interval)
 
 
-def _finish(run: Run, *, only: Sequence[str] | None = None) -> None:
-    """Print results (of the tasks in ``only``, if given; exit 0) or what failed (exit 1)."""
+def _finish(run: Run, *, all_results: bool) -> None:
+    """Print the results of the run's final tasks (those nothing depends on; every task's
+    with ``all_results``) as JSON and exit 0, or what failed and exit 1."""
     try:
         results = run.wait()
-        _print_json(results if only is None else {k: results[k] for k in only if k in results})
+        if not all_results:
+            graph = Workflow.from_dict(run.record.graph, source=f"run {run.id}")
+            results = {k: results[k] for k in DependencyResolver(graph).leaves() if k in results}
+        _print_json(results)
     except WorkflowFailed as exc:
         click.echo(f"run {run.id} ended {exc.status}", err=True)
         for task_id, error in exc.errors.items():
@@ -92,6 +97,17 @@ _include = click.option(
 _inputs = click.option("-i", "--input", "pairs", multiple=True, help="An input, NAME=VALUE.")
 _inputs_json = click.option("--inputs-json", help="Inputs as a JSON object.")
 _db = click.option("--db", "database_url", help="Store URL (default GLEITZEIT_DATABASE_URL).")
+_all = click.option(
+    "--all",
+    "all_results",
+    is_flag=True,
+    help="Print every task's result, not only the final tasks' (those nothing depends on).",
+)
+
+
+def _needs_wait(wait_: bool, all_results: bool) -> None:
+    if all_results and not wait_:
+        raise click.UsageError("--all prints results: it needs --wait")
 
 
 @main.command()
@@ -103,7 +119,7 @@ _db = click.option("--db", "database_url", help="Store URL (default GLEITZEIT_DA
 @click.option("--concurrency", type=int, help="Threads of the in-process worker.")
 @click.option("--key", help="Idempotency key of the run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--all", "all_results", is_flag=True, help="Print every task's result.")
+@_all
 def run(
     file: str,
     include: Sequence[str],
@@ -131,8 +147,7 @@ def run(
         click.echo(f"run {started.id} ({loaded.workflow.name}) started", err=True)
         if not quiet:
             _show_progress(started)
-        graph = DependencyResolver(loaded.workflow)
-        _finish(started, only=None if all_results else graph.leaves())
+        _finish(started, all_results=all_results)
 
 
 @main.command()
@@ -161,6 +176,7 @@ def validate(
 @_inputs_json
 @click.option("--key", help="Idempotency key of the run.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the run and print its results.")
+@_all
 def submit(
     file: str,
     include: Sequence[str],
@@ -168,8 +184,13 @@ def submit(
     inputs_json: str | None,
     key: str | None,
     wait_: bool,
+    all_results: bool,
 ) -> None:
-    """Submit FILE's workflow to the workers (GLEITZEIT_DATABASE_URL, CELERY_BROKER_URL)."""
+    """Submit FILE's workflow to the workers (GLEITZEIT_DATABASE_URL, CELERY_BROKER_URL).
+
+    With --wait, prints the results of the final tasks as JSON, as ``run`` does.
+    """
+    _needs_wait(wait_, all_results)
     import_modules(list(include))
     loaded = load_workflow(file)
     client = Client()
@@ -178,7 +199,7 @@ def submit(
     )
     click.echo(started.id)
     if wait_:
-        _finish(started)
+        _finish(started, all_results=all_results)
 
 
 _json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
@@ -270,6 +291,7 @@ def history(run_id: str) -> None:
 @_include
 @click.option("--force", is_flag=True, help="Rerun the tasks a changed --file changes.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the run and print its results.")
+@_all
 def retry(
     run_id: str,
     strategy: str,
@@ -279,8 +301,13 @@ def retry(
     include: Sequence[str],
     force: bool,
     wait_: bool,
+    all_results: bool,
 ) -> None:
-    """Run an ended run again, in place. Inputs given replace those of the same name."""
+    """Run an ended run again, in place. Inputs given replace those of the same name.
+
+    With --wait, prints the results of the final tasks as JSON, as ``run`` does.
+    """
+    _needs_wait(wait_, all_results)
     import_modules(list(include))
     client = Client()
     given = _parse_inputs(pairs, inputs_json)
@@ -289,7 +316,7 @@ def retry(
     run_ = client.retry(run_id, strategy, inputs=inputs, workflow=workflow, force=force)
     click.echo(f"run {run_id} retried ({strategy}): {run_.status}")
     if wait_:
-        _finish(run_)
+        _finish(run_, all_results=all_results)
 
 
 @main.command()

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.services import REPO_ROOT, RedisServer, free_port
+from tests.services import REPO_ROOT, CeleryWorker, RedisServer, free_port
 
 GLEITZEIT = shutil.which("gleitzeit", path=str(Path(sys.executable).parent)) or "gleitzeit"
 
@@ -363,3 +363,40 @@ def test_list_shows_when_each_run_was_submitted_and_ended_and_how_long_it_took(
 
     (listed,) = json.loads(run_cli("list", "--json", env=env).stdout)
     assert listed["state"] == "failed" and listed["finished_at"] >= listed["created_at"]
+
+
+# -- results printed after a wait ------------------------------------------------------------
+
+PAIR = (
+    "name: pair\n"
+    "tasks:\n"
+    "  - {id: first, task: tests.value, params: {value: '${inputs.n}'}}\n"
+    "  - {id: second, task: tests.add, params: {a: '${first.result}', b: 1}}\n"
+)
+
+
+def test_submit_and_retry_wait_print_the_final_tasks_or_all_as_run_does(
+    worker: CeleryWorker, broker_url: str, database_url: str, tmp_path: Path
+) -> None:
+    flow = tmp_path / "pair.yaml"
+    flow.write_text(PAIR)
+    env = _env(CELERY_BROKER_URL=broker_url, GLEITZEIT_DATABASE_URL=database_url)
+
+    def results(*args: str) -> tuple[str, dict[str, object]]:
+        done = run_cli(*args, env=env)
+        assert done.returncode == 0, done.stderr
+        head, _, printed = done.stdout.partition("\n")
+        return head, json.loads(printed)
+
+    run_id, final = results("submit", str(flow), "-I", "tests.tasks", "-i", "n=1", "--wait")
+    assert final == {"second": 2}
+    _, every = results("submit", str(flow), "-I", "tests.tasks", "-i", "n=2", "--wait", "--all")
+    assert every == {"first": 2, "second": 3}
+
+    _, final = results("retry", run_id, "--strategy", "from_start", "-i", "n=5", "--wait")
+    assert final == {"second": 6}
+    _, every = results("retry", run_id, "--strategy", "from_start", "--wait", "--all")
+    assert every == {"first": 5, "second": 6}
+
+    alone = run_cli("submit", str(flow), "-I", "tests.tasks", "--all", env=env)
+    assert alone.returncode == 2 and "--all prints results: it needs --wait" in alone.stderr
