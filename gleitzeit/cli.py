@@ -6,7 +6,7 @@ import importlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
@@ -25,6 +25,7 @@ from gleitzeit.resolver import DependencyResolver
 from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState
 from gleitzeit.store import Store
+from gleitzeit.store.records import FinishedTask, RunProgress
 from gleitzeit.strategies import FROM_FAILURE, RETRY_STRATEGIES
 from gleitzeit.workflow import Workflow
 
@@ -54,19 +55,59 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-def _show_progress(run: Run, *, interval: float = 0.2) -> None:
-    """A progress bar of finished tasks until the run ends."""
-    total = run.progress.tasks_total
+#: how far back (seconds) each look at a run reads again: a PostgreSQL transaction may
+#: commit after a later one, with the earlier clock it stamped its task's end with
+_LOOK_BACK = 5.0
+
+
+def _ended(run: Run, *, interval: float = 0.25) -> Iterator[tuple[RunProgress, list[FinishedTask]]]:
+    """The run's state and the tasks that ended since the last look, each time something
+    changed, until the run ends. Each poll reads the run's row; only when it moved are the
+    tasks that ended since the last look (a cursor on their end) read."""
+    seen: set[FinishedTask] = set()
+    since = 0.0
+    last: tuple[object, ...] = ()
+    delay = 0.01
+    while True:
+        progress = run.progress
+        if (progress.state, progress.tasks_unfinished, progress.tasks_total) != last:
+            progress, found = run.client.store.get_finished(run.id, since)
+            last = (progress.state, progress.tasks_unfinished, progress.tasks_total)
+            yield progress, [f for f in found if f not in seen]
+            seen.update(found)
+            if found:
+                since = max(since, found[-1].finished_at - _LOOK_BACK)
+        if progress.state in FINAL_RUN_STATES:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, interval)
+
+
+def _show_progress(run: Run) -> None:
+    """Follow the run to its end on stderr: on a terminal, a bar of ended tasks that names
+    the last; otherwise a line per ended task (``12:01:02 extract succeeded (1/3)``)."""
+    if sys.stderr.isatty():
+        with click.progressbar(
+            length=run.progress.tasks_total,
+            label=f"run {run.id[:8]}",
+            file=sys.stderr,
+            show_pos=True,
+            item_show_func=lambda item: item,
+        ) as bar:
+            for progress, ended in _ended(run):
+                bar.length = progress.tasks_total
+                for task in ended:
+                    bar.update(1, current_item=f"{task.task_id} {task.state.value}")
+        return
     done = 0
-    with click.progressbar(length=total, label=f"run {run.id[:8]}", file=sys.stderr) as bar:
-        while True:
-            progress = run.progress
-            finished = progress.tasks_total - progress.tasks_unfinished
-            bar.update(finished - done)
-            done = finished
-            if progress.state in FINAL_RUN_STATES:
-                return
-            time.sleep(interval)
+    for progress, ended in _ended(run):
+        for task in ended:
+            done += 1
+            click.echo(
+                f"{display.clock(task.finished_at)} {task.task_id} {task.state.value}"
+                f" ({done}/{progress.tasks_total})",
+                err=True,
+            )
 
 
 def _finish(run: Run, *, all_results: bool) -> None:
@@ -97,6 +138,9 @@ _include = click.option(
 _inputs = click.option("-i", "--input", "pairs", multiple=True, help="An input, NAME=VALUE.")
 _inputs_json = click.option("--inputs-json", help="Inputs as a JSON object.")
 _db = click.option("--db", "database_url", help="Store URL (default GLEITZEIT_DATABASE_URL).")
+_quiet = click.option(
+    "--quiet", is_flag=True, help="No progress (a bar, or a line per ended task) on stderr."
+)
 _all = click.option(
     "--all",
     "all_results",
@@ -118,7 +162,7 @@ def _needs_wait(wait_: bool, all_results: bool) -> None:
 @_db
 @click.option("--concurrency", type=int, help="Threads of the in-process worker.")
 @click.option("--key", help="Idempotency key of the run.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
+@_quiet
 @_all
 def run(
     file: str,
@@ -177,6 +221,7 @@ def validate(
 @click.option("--key", help="Idempotency key of the run.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the run and print its results.")
 @_all
+@_quiet
 def submit(
     file: str,
     include: Sequence[str],
@@ -185,6 +230,7 @@ def submit(
     key: str | None,
     wait_: bool,
     all_results: bool,
+    quiet: bool,
 ) -> None:
     """Submit FILE's workflow to the workers (GLEITZEIT_DATABASE_URL, CELERY_BROKER_URL).
 
@@ -199,6 +245,8 @@ def submit(
     )
     click.echo(started.id)
     if wait_:
+        if not quiet:
+            _show_progress(started)
         _finish(started, all_results=all_results)
 
 
@@ -236,7 +284,7 @@ def status(run_id: str, task_id: str | None, as_json: bool) -> None:
 @main.command()
 @click.argument("run_id")
 def watch(run_id: str) -> None:
-    """Show a live progress bar of a run until it ends."""
+    """Follow a run until it ends: a progress bar on a terminal, else a line per ended task."""
     run_ = Client().get(run_id)
     _show_progress(run_)
     click.echo(f"run {run_id} {run_.status}")
@@ -292,6 +340,7 @@ def history(run_id: str) -> None:
 @click.option("--force", is_flag=True, help="Rerun the tasks a changed --file changes.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the run and print its results.")
 @_all
+@_quiet
 def retry(
     run_id: str,
     strategy: str,
@@ -302,6 +351,7 @@ def retry(
     force: bool,
     wait_: bool,
     all_results: bool,
+    quiet: bool,
 ) -> None:
     """Run an ended run again, in place. Inputs given replace those of the same name.
 
@@ -316,6 +366,8 @@ def retry(
     run_ = client.retry(run_id, strategy, inputs=inputs, workflow=workflow, force=force)
     click.echo(f"run {run_id} retried ({strategy}): {run_.status}")
     if wait_:
+        if not quiet:
+            _show_progress(run_)
         _finish(run_, all_results=all_results)
 
 

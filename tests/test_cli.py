@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
+import pty
+import re
 import shutil
 import subprocess
 import sys
@@ -400,3 +403,79 @@ def test_submit_and_retry_wait_print_the_final_tasks_or_all_as_run_does(
 
     alone = run_cli("submit", str(flow), "-I", "tests.tasks", "--all", env=env)
     assert alone.returncode == 2 and "--all prints results: it needs --wait" in alone.stderr
+
+
+# -- following a run ----------------------------------------------------------------------------
+
+
+def ended_lines(stderr: str) -> list[tuple[str, str, int, int]]:
+    """``12:01:02 extract succeeded (1/3)`` lines: (task, state, done, total)."""
+    found = re.findall(r"^\d\d:\d\d:\d\d (\S+) (\w+) \((\d+)/(\d+)\)$", stderr, re.MULTILINE)
+    return [(task, state, int(done), int(total)) for task, state, done, total in found]
+
+
+def test_run_without_a_terminal_prints_a_line_per_ended_task(tmp_path: Path) -> None:
+    done = gleitzeit("run", "examples/etl.py", "--db", f"sqlite:///{tmp_path / 'x.db'}")
+
+    assert done.returncode == 0, done.stderr
+    lines = ended_lines(done.stderr)
+    assert [(state, n, total) for _, state, n, total in lines] == [
+        ("succeeded", n, 8) for n in range(1, 9)
+    ]
+    at = {task: i for i, (task, *_) in enumerate(lines)}
+    assert len(at) == 8
+    for source in ("north", "south", "west"):  # each task after everything it depends on
+        assert at[f"fetch_{source}"] < at[f"parse_{source}"] < at["join"] < at["report"]
+
+
+def test_run_on_a_terminal_shows_the_count_of_ended_tasks_as_it_grows(tmp_path: Path) -> None:
+    main, secondary = pty.openpty()
+    with subprocess.Popen(
+        [GLEITZEIT, "run", "examples/etl.py", "--db", f"sqlite:///{tmp_path / 'x.db'}"],
+        cwd=REPO_ROOT,
+        stdout=subprocess.PIPE,
+        stderr=secondary,
+    ) as running:
+        os.close(secondary)
+        shown = b""
+        while chunk := _read(main):
+            shown += chunk
+        assert running.wait(timeout=120) == 0
+    os.close(main)
+
+    screen = shown.decode()
+    counts = [int(n) for n in re.findall(r"\]\s+(\d+)/8", screen)]
+    assert counts == list(range(9)), screen  # 0/8, 1/8, ... 8/8: one step per ended task
+    assert re.search(r"8/8\s+report succeeded", screen), screen
+
+
+def _read(fd: int) -> bytes:
+    try:
+        return os.read(fd, 4096)
+    except OSError:  # the other end closed: Linux reports EIO
+        return b""
+
+
+def test_submit_wait_and_watch_without_a_terminal_print_a_line_per_ended_task(
+    worker: CeleryWorker, broker_url: str, database_url: str, tmp_path: Path
+) -> None:
+    flow = tmp_path / "slow.yaml"
+    flow.write_text(
+        "name: slow\n"
+        "tasks:\n"
+        "  - {id: a, task: tests.sleep, params: {seconds: 0.3}}\n"
+        "  - {id: b, task: tests.sleep, params: {seconds: 0.3}, depends_on: [a]}\n"
+        "  - {id: c, task: tests.sleep, params: {seconds: 0.3}, depends_on: [b]}\n"
+    )
+    env = _env(CELERY_BROKER_URL=broker_url, GLEITZEIT_DATABASE_URL=database_url)
+
+    waited = run_cli("submit", str(flow), "-I", "tests.tasks", "--wait", env=env)
+    assert waited.returncode == 0, waited.stderr
+    expected = [("a", "succeeded", 1, 3), ("b", "succeeded", 2, 3), ("c", "succeeded", 3, 3)]
+    assert ended_lines(waited.stderr) == expected
+
+    run_id = run_cli("submit", str(flow), "-I", "tests.tasks", env=env).stdout.strip()
+    watched = run_cli("watch", run_id, env=env)
+    assert watched.returncode == 0, watched.stderr
+    assert ended_lines(watched.stderr) == expected
+    assert watched.stdout.strip() == f"run {run_id} succeeded"
