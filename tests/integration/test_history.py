@@ -16,7 +16,7 @@ import pytest
 from gleitzeit import RunState, Workflow
 from tests.cluster import DEADLINE, Cluster, started_cluster
 from tests.conftest import STORES
-from tests.services import REPO_ROOT, free_port, wait_until
+from tests.services import REPO_ROOT, wait_until
 from tests.tasks import count_marks
 from tests.test_cli import GLEITZEIT
 
@@ -75,8 +75,6 @@ def lines_of(history: str, task: str) -> list[str]:
 def test_a_run_submitted_with_the_broker_down_shows_its_republish(
     cluster: Cluster, tmp_path: Path
 ) -> None:
-    cluster.start_worker()
-    cluster.start_beat()
     flow = tmp_path / "pair.yaml"
     flow.write_text(
         "name: pair\n"
@@ -84,10 +82,14 @@ def test_a_run_submitted_with_the_broker_down_shows_its_republish(
         "  - {id: first, task: tests.value, params: {value: 1}}\n"
         "  - {id: second, task: tests.add, params: {a: '${first.result}', b: 1}}\n"
     )
-    # the submitting app's broker is down: the run waits in the ledger for the reconciler
-    down = f"redis://127.0.0.1:{free_port()}/0"
-    submitted = cli(cluster, "submit", str(flow), "-I", "tests.tasks", CELERY_BROKER_URL=down)
-    run_id = submitted.stdout.strip()
+    cluster.redis.stop()  # the broker is down when the run is submitted
+    run_id = cli(cluster, "submit", str(flow), "-I", "tests.tasks").stdout.strip()
+    (row,) = cluster.client().store.get_dispatches(run_id)
+    assert row.published_at is None  # it waits in the ledger
+
+    cluster.redis.restart()
+    cluster.start_worker()
+    cluster.start_beat()
 
     assert ended(cluster, run_id) is RunState.SUCCEEDED
     history = cli(cluster, "history", run_id).stdout
