@@ -95,14 +95,7 @@ def reconcile(
             _count(repair, "stalled", 1)
     if repair.applied:
         return repair
-    found = steps.claim(conn, stuck.run_id, stuck.ready)
-    steps.events(
-        conn,
-        [
-            _repaired(d.run_id, d.task_id, d.attempt, "claimed", reason="ready and never queued")
-            for d in found
-        ],
-    )
+    found = steps.claim(conn, stuck.run_id, stuck.ready, why=_claimed)
     repair.dispatches.extend(found)
     _count(repair, "claimed", len(found))
     for task_id, attempt in stuck.unstarted:
@@ -131,6 +124,10 @@ def _count(repair: Repair, kind: str, n: int | bool) -> None:
 
 #: why the reconciler ended a run, in its end's event
 _UNMARKED = {"by": RECONCILER, "reason": "every task had ended; the run was not marked ended"}
+
+
+def _claimed(d: Dispatch) -> dict[str, Any]:
+    return _repaired(d.run_id, d.task_id, d.attempt, "claimed", reason="ready and never queued")
 
 
 def _repaired(

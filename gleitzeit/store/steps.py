@@ -8,7 +8,7 @@ conditional statement; the caller's transaction makes them one change.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
@@ -23,12 +23,24 @@ from gleitzeit.workflow import ON_FAILURE_BLOCK
 # -- claims and the dispatch ledger --------------------------------------------------------
 
 
-def claim(conn: Connection, run_id: str, task_ids: Sequence[str]) -> list[Dispatch]:
-    """Claim the tasks of ``task_ids`` that are pending with nothing to wait on."""
+def claim(
+    conn: Connection,
+    run_id: str,
+    task_ids: Sequence[str],
+    *,
+    why: Callable[[Dispatch], dict[str, Any]] | None = None,
+) -> list[Dispatch]:
+    """Claim the tasks of ``task_ids`` that are pending with nothing to wait on.
+
+    ``why``: the event row of each claim, written before its ledger row (its
+    ``task_queued``), so that the history tells why before what.
+    """
     if not task_ids:
         return []
     claimed = conn.execute(statements.CLAIM, {"r": run_id, "ids": id_list(task_ids)}).all()
     found = dispatches_of(run_id, claimed)
+    if why is not None:
+        events(conn, [why(d) for d in found])
     write_dispatches(conn, found)
     return found
 

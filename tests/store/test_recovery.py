@@ -210,6 +210,8 @@ def test_a_ready_task_never_queued_is_claimed_as_an_event(store: Store) -> None:
     assert repair(store, stuck).applied == {"claimed": 1}
 
     assert repairs(store, run_id) == [("task_claimed", "second", 1)]
+    second = [e.type for e in store.get_events(run_id) if e.task_id == "second"]
+    assert second == ["task_claimed", "task_queued"]  # why, then what
     assert reason_of(store, run_id, "task_claimed") == "ready and never queued"
 
 
