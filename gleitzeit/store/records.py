@@ -124,6 +124,15 @@ class RunProgress:
     tasks_failed: int
 
 
+class FinishedTask(NamedTuple):
+    """A task that ended, and when (the database's clock): what following a run reads."""
+
+    task_id: str
+    state: TaskState
+    attempt: int
+    finished_at: float
+
+
 @dataclass(frozen=True)
 class RunRecord:
     id: str

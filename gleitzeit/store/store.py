@@ -37,6 +37,7 @@ from gleitzeit.store.records import (
     DispatchRecord,
     ErrorInfo,
     EventRecord,
+    FinishedTask,
     Holder,
     Published,
     Recorded,
@@ -625,6 +626,16 @@ class Store:
         return self._transaction(
             lambda conn: reads.get_tasks(conn, run_id, with_attempts=with_attempts), read=True
         )
+
+    def get_finished(self, run_id: str, since: float) -> tuple[RunProgress, list[FinishedTask]]:
+        """The run's state and counts, and its tasks that ended at or after ``since`` (the
+        database's clock), read after them: a run found ended has every end in the list."""
+
+        def work(conn: Connection) -> tuple[RunProgress, list[FinishedTask]]:
+            progress = reads.get_progress(conn, run_id)
+            return progress, reads.get_finished(conn, run_id, since)
+
+        return self._transaction(work, read=True)
 
     def get_events(self, run_id: str) -> list[EventRecord]:
         return self._transaction(lambda conn: reads.get_events(conn, run_id), read=True)
