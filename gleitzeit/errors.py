@@ -119,6 +119,30 @@ class RunFailed(GleitzeitError):
     """A task's error when the reconciler failed its run (stalled, or not repairable)."""
 
 
+class ScheduleError(GleitzeitError, ValueError):
+    """A schedule cannot be stored as given (its cron, time zone, name, inputs or key);
+    nothing was stored."""
+
+
+class ScheduleConflict(ScheduleError):
+    """A schedule of that name exists with another definition; remove it first."""
+
+    def __init__(self, name: str, differs: Iterable[str]) -> None:
+        self.name = name
+        self.differs = list(differs)
+        super().__init__(
+            f"schedule {name!r} exists with a different {', '.join(self.differs)}; "
+            "remove it first to change it"
+        )
+
+
+class ScheduleNotFound(GleitzeitError, KeyError):
+    """No schedule of that name exists in the store."""
+
+    def __str__(self) -> str:
+        return f"no schedule named {self.args[0]!r}"
+
+
 class DispatchFailure(GleitzeitError):
     """A task message could not be published to the broker; the cause is kept."""
 
