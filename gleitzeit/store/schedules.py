@@ -18,7 +18,7 @@ from gleitzeit import codec
 from gleitzeit.errors import ScheduleConflict, ScheduleNotFound
 from gleitzeit.states import RunState
 from gleitzeit.store.records import DueSchedule, ScheduleDefinition, ScheduleRecord
-from gleitzeit.store.tables import db_now, runs, schedules
+from gleitzeit.store.tables import db_now, db_statement_now, runs, schedules
 
 #: what must be equal for adding a schedule again to be the same schedule
 _COMPARED = (
@@ -119,7 +119,7 @@ def _require(conn: Connection, name: str) -> None:
 def find_due(conn: Connection, now: float | None, limit: int) -> list[DueSchedule]:
     """Schedules not paused whose next slot is at ``now`` (the database's clock when
     ``None``) or before: one search of ``ix_gz_schedules_due``."""
-    at = db_now() if now is None else literal(now)
+    at = db_statement_now() if now is None else literal(now)
     rows = conn.execute(
         select(
             schedules.c.name,

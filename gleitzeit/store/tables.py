@@ -54,6 +54,26 @@ def _sqlite_now(element: db_now, compiler: Any, **kw: Any) -> str:
     return "((julianday('now') - 2440587.5) * 86400.0)"
 
 
+class db_statement_now(FunctionElement[float]):
+    """The database's time in epoch seconds, one value for the whole statement, so that
+    an index can serve a comparison with it (PostgreSQL: the transaction's start, since
+    ``clock_timestamp()`` is volatile and is compared row by row)."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(db_statement_now, "postgresql")
+def _pg_statement_now(element: db_statement_now, compiler: Any, **kw: Any) -> str:
+    return "extract(epoch from now())::float8"
+
+
+@compiles(db_statement_now, "sqlite")
+def _sqlite_statement_now(element: db_statement_now, compiler: Any, **kw: Any) -> str:
+    # 'now' is one value for the whole statement in SQLite
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
 runs = Table(
     "gz_runs",
     metadata,
