@@ -98,7 +98,9 @@ class Scheduler:
                 catchup=due.catchup,
                 limit=self.settings.schedule_catchup_limit,
             )
-            plans = [slot_plan(due, cron, slot) for slot in slots.fire]
+            workflow = Workflow.from_dict(codec.loads(due.graph), source=f"schedule {due.name!r}")
+            inputs = codec.loads(due.inputs)
+            plans = [slot_plan(due, cron, slot, workflow, inputs) for slot in slots.fire]
             fired = self.store.fire_schedule(
                 due.name,
                 due=due.next_slot,
@@ -127,11 +129,12 @@ class Scheduler:
         ]
 
 
-def slot_plan(due: DueSchedule, cron: Cron, slot: float) -> RunPlan:
+def slot_plan(
+    due: DueSchedule, cron: Cron, slot: float, workflow: Workflow, inputs: dict[str, Any]
+) -> RunPlan:
     """The run of one slot: the schedule's workflow and inputs, ``scheduled_at`` the slot."""
-    workflow = Workflow.from_dict(codec.loads(due.graph), source=f"schedule {due.name!r}")
-    inputs = {**codec.loads(due.inputs), SCHEDULED_AT: cron.iso(slot)}
-    return plan_run(workflow, inputs, key=run_key(due.key_prefix, cron, slot))
+    given = {**inputs, SCHEDULED_AT: cron.iso(slot)}
+    return plan_run(workflow, given, key=run_key(due.key_prefix, cron, slot))
 
 
 def define_schedule(

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from croniter import croniter
+from croniter import CroniterBadDateError, croniter
 
 from gleitzeit.errors import ScheduleError
 
@@ -57,9 +57,13 @@ def _check_cron(expression: str) -> str:
             "or 6 with seconds last"
         )
     try:
-        croniter(text)
+        walk = croniter(text, datetime(2000, 1, 1, tzinfo=timezone.utc))
     except (ValueError, KeyError, TypeError) as exc:
         raise ScheduleError(f"cron expression {expression!r} does not parse: {exc}") from exc
+    try:
+        walk.get_next(datetime)
+    except CroniterBadDateError as exc:
+        raise ScheduleError(f"cron expression {expression!r} names no date that exists") from exc
     return text
 
 

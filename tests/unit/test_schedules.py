@@ -209,6 +209,7 @@ def test_a_run_key_names_the_schedule_and_the_slot_with_its_offset() -> None:
         ("0 3 * * * * *", "UTC", "has 7 fields"),
         ("", "UTC", "cron expression must be a string"),
         ("0 3 * * mon-fry", "UTC", "does not parse"),
+        ("0 0 30 2 *", "UTC", "cron expression '0 0 30 2 *' names no date that exists"),
         ("0 3 * * *", "Europe/Berlln", "time zone 'Europe/Berlln' does not exist"),
         ("0 3 * * *", "../etc/passwd", "time zone '../etc/passwd' does not exist"),
         ("0 3 * * *", "", "time zone must be a name"),
