@@ -7,6 +7,9 @@ import itertools
 import multiprocessing
 import re
 import secrets
+import signal
+import subprocess
+import sys
 from collections import Counter
 from collections.abc import Iterator
 from datetime import datetime, timedelta
@@ -21,7 +24,7 @@ from gleitzeit import Client, RunState, Settings, Workflow
 from gleitzeit.store import Store
 from tests.cluster import DEADLINE, Cluster, marked_ledger, started_cluster
 from tests.conftest import STORES
-from tests.services import CeleryBeat, wait_until
+from tests.services import REPO_ROOT, CeleryBeat, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -171,3 +174,48 @@ def test_two_beats_fire_a_schedule_every_two_seconds_once_per_slot(cluster: Clus
     (stored,) = client.schedules()
     assert stored.paused and stored.last_at == max(slots).isoformat()
     assert stored.last_run_state is RunState.SUCCEEDED
+
+
+_TICK_AT = """
+import sys
+from gleitzeit import Client
+Client().fire_schedules(now=float(sys.argv[1]))
+"""
+
+
+def test_a_tick_killed_between_its_commit_and_the_publish_loses_no_slot(
+    cluster: Cluster,
+) -> None:
+    cluster.start_worker()
+    client = cluster.client()
+    start = datetime(2026, 11, 21, 3, tzinfo=BERLIN)
+    client.schedule("crashed", stamped(), cron="0 * * * *", timezone="Europe/Berlin", start=start)
+    now = (start + timedelta(minutes=30)).timestamp()
+    env = {
+        **cluster.env,
+        "GLEITZEIT_DATABASE_URL": cluster.database_url,
+        "CELERY_BROKER_URL": cluster.broker_url,
+        "GLEITZEIT_CRASH_AT": "after_claim_commit",
+        "PYTHONPATH": str(REPO_ROOT),
+    }
+
+    killed = subprocess.run(
+        [sys.executable, "-c", _TICK_AT, str(now)],
+        cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    (run,) = client.runs(name="scheduled")
+    assert run.key == f"schedule:crashed:{start.isoformat()}"
+    assert [row.published_at for row in client.store.get_dispatches(run.id)] == [None]
+    # the slot is claimed: ticking again fires nothing
+    assert client.fire_schedules(now=now).fired == []
+    # the reconciler publishes what the dead tick claimed, as any claim left unpublished
+    wait_until(
+        lambda: client.reconcile() and client.get(run.id).status == "succeeded",
+        timeout=DEADLINE,
+        message="the slot's run never ran",
+    )
+    assert client.get(run.id).results() == {"stamp": start.isoformat()}
+    assert [row.publish_count for row in marked_ledger(client.store, run.id)] == [1]
+    assert [r.id for r in client.runs(name="scheduled")] == [run.id]
