@@ -438,13 +438,13 @@ def schedule_list() -> None:
     """Every schedule: its cron and zone, next and last fire, and the last run's state."""
     for found in Client().schedules():
         state = "paused" if found.paused else "active"
+        following = "on resume" if found.paused else found.next_at
         last = "never fired"
         if found.last_at is not None:
             run_state = found.last_run_state.value if found.last_run_state else "removed"
             last = f"last {found.last_at} run {found.last_run_id} {run_state}"
         click.echo(
-            f"{found.name:<24} {state:<6} {found.cron!r} {found.timezone}  "
-            f"next {found.next_at}  {last}"
+            f"{found.name:<24} {state:<6} {found.cron!r} {found.timezone}  next {following}  {last}"
         )
 
 

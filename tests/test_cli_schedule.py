@@ -72,7 +72,8 @@ def test_schedule_add_list_pause_resume_remove(
     assert gleitzeit("schedule", "pause", "nightly-report").stdout == (
         "schedule nightly-report paused\n"
     )
-    assert " paused " in gleitzeit("schedule", "list").stdout
+    assert " paused " in (paused := gleitzeit("schedule", "list").stdout)
+    assert "next on resume" in paused
     assert gleitzeit("schedule", "resume", "nightly-report").stdout == (
         "schedule nightly-report resumed\n"
     )
