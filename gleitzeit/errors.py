@@ -129,10 +129,15 @@ class ScheduleConflict(ScheduleError):
 
     def __init__(self, name: str, differs: Iterable[str]) -> None:
         self.name = name
+        #: what differs: ``"cron expression"``, ``"time zone"``, ``"workflow"``, ``"inputs"``,
+        #: ``"catchup"``, ``"key"``
         self.differs = list(differs)
+        what = ", ".join(self.differs[:-1]) + " and " if len(self.differs) > 1 else ""
+        what += self.differs[-1] if self.differs else "definition"
+        plural = len(self.differs) > 1 or self.differs == ["inputs"]
         super().__init__(
-            f"schedule {name!r} exists with a different {', '.join(self.differs)}; "
-            "remove it first to change it"
+            f"schedule {name!r} exists, defined otherwise: its {what} "
+            f"{'differ' if plural else 'differs'}; remove it first to change it"
         )
 
 

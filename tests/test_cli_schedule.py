@@ -47,7 +47,7 @@ def test_schedule_add_list_pause_resume_remove(
     assert "T03:00:00+01:00" in added.stdout
     assert again.returncode == 0 and again.stdout == added.stdout
     assert taken.returncode == 1
-    assert "schedule 'nightly-report' exists with a different inputs" in taken.stderr
+    assert "schedule 'nightly-report' exists, defined otherwise: its inputs differ" in taken.stderr
     assert bad.returncode == 1
     assert "cron expression '0 3 * *' has 4 fields" in bad.stderr
     assert "time zone 'Europe/Berln' does not exist" in bad.stderr

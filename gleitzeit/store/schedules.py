@@ -22,7 +22,7 @@ from gleitzeit.store.tables import db_now, db_statement_now, runs, schedules
 
 #: what must be equal for adding a schedule again to be the same schedule
 _COMPARED = (
-    ("cron", "cron"),
+    ("cron", "cron expression"),
     ("timezone", "time zone"),
     ("graph_hash", "workflow"),
     ("inputs_hash", "inputs"),

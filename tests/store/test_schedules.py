@@ -107,7 +107,8 @@ def test_a_name_taken_by_another_definition_is_refused_naming_what_differs(
     other = stamped()
     other.task("extra", "tests.noop")
 
-    with pytest.raises(ScheduleConflict, match=r"a different cron, workflow, inputs"):
+    differ = r"exists, defined otherwise: its cron expression, workflow and inputs differ"
+    with pytest.raises(ScheduleConflict, match=differ):
         client.schedule(
             name, other, cron="0 4 * * *", timezone="Europe/Berlin", inputs={"region": "south"}
         )
