@@ -89,7 +89,7 @@ def pause(conn: Connection, name: str) -> bool:
     return bool(paused)
 
 
-def paused_row(conn: Connection, name: str) -> Any:
+def locked_row(conn: Connection, name: str) -> Any:
     """The schedule's row, locked against a concurrent change (raises if there is none)."""
     stmt = select(schedules.c.cron, schedules.c.timezone, schedules.c.paused, db_now().label("now"))
     if conn.dialect.name == "postgresql":

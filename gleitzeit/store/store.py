@@ -642,7 +642,7 @@ class Store:
         fired); ``False`` when it was not paused."""
 
         def work(conn: Connection) -> bool:
-            row = schedules.paused_row(conn, name)
+            row = schedules.locked_row(conn, name)
             if not row.paused:
                 return False
             following = Cron(row.cron, row.timezone).next_after(row.now)

@@ -161,6 +161,24 @@ def test_a_slot_fires_one_run_with_its_time_as_an_input(client: Client, name: st
     assert stored.last_run_id == runs[key].id and stored.last_run_state is RunState.RUNNING
 
 
+def test_a_schedule_s_own_key_prefixes_its_runs_keys(client: Client, name: str) -> None:
+    client.schedule(
+        name,
+        stamped(),
+        cron="0 3 * * *",
+        timezone="Europe/Berlin",
+        inputs={"region": "north"},
+        key=f"report-{name}",
+        start=datetime(2026, 11, 21),
+    )
+
+    ticked = client.fire_schedules(now=at(2026, 11, 21, 3, 0, 1))
+    ((_, slot, run_id),) = [fired for fired in ticked.fired if fired[0] == name]
+
+    assert client.get(run_id).record.key == f"report-{name}:2026-11-21T03:00:00+01:00"
+    assert slot == "2026-11-21T03:00:00+01:00"
+
+
 def test_three_slots_missed_with_catchup_fire_each_oldest_first(client: Client, name: str) -> None:
     hourly(client, name, catchup=True, start=datetime(2026, 11, 21, 3))
 
