@@ -209,6 +209,27 @@ def test_three_slots_missed_without_catchup_fire_the_latest_only(client: Client,
     assert stored.next_at == "2026-11-21T06:00:00+01:00"
 
 
+def test_the_fall_back_night_fires_a_repeated_time_once(client: Client, name: str) -> None:
+    client.schedule(
+        name,
+        stamped(),
+        cron="30 2 * * *",
+        timezone="Europe/Berlin",
+        inputs={"region": "north"},
+        catchup=True,
+        start=datetime(2026, 10, 25),
+    )
+
+    first = client.fire_schedules(now=at(2026, 10, 25, 2, 45))  # the first pass of 02:45
+    # 02:45 in the second pass (CET): an hour later, the same wall-clock time
+    second = client.fire_schedules(now=at(2026, 10, 25, 2, 45) + 3600)
+
+    assert [slot for n, slot, _ in first.fired if n == name] == ["2026-10-25T02:30:00+02:00"]
+    assert [slot for n, slot, _ in second.fired if n == name] == []
+    (stored,) = [s for s in client.schedules() if s.name == name]
+    assert stored.next_at == "2026-10-26T02:30:00+01:00"
+
+
 def test_catchup_fires_at_most_its_limit_per_tick(
     client: Client, name: str, broker_url: str, database_url: str
 ) -> None:

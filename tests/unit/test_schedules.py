@@ -59,6 +59,26 @@ def test_a_time_the_fall_back_day_repeats_fires_once_in_its_first_pass() -> None
     ]
 
 
+def test_catching_up_over_both_daylight_saving_nights_fires_each_day_once() -> None:
+    cron = parse_cron("30 2 * * *", "Europe/Berlin")
+    for day, expected in (
+        (
+            28,
+            ["2026-03-28T02:30:00+01:00", "2026-03-29T03:00:00+02:00", "2026-03-30T02:30:00+02:00"],
+        ),
+        (
+            24,
+            ["2026-10-24T02:30:00+02:00", "2026-10-25T02:30:00+02:00", "2026-10-26T02:30:00+01:00"],
+        ),
+    ):
+        month = 3 if day == 28 else 10
+        first = cron.first_at_or_after(at(2026, month, day))
+
+        due = due_slots(cron, first, at(2026, month, day + 2, 12), catchup=True, limit=100)
+
+        assert [cron.iso(slot) for slot in due.fire] == expected
+
+
 def test_each_minute_of_a_repeated_hour_named_by_the_expression_fires_once() -> None:
     cron = parse_cron("*/20 2 * * *", "Europe/Berlin")
 
