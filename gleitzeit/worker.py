@@ -109,7 +109,7 @@ def reconciler_of(app: Celery) -> Reconciler:
 
 
 def scheduler_of(app: Celery) -> Scheduler:
-    """A scheduler over ``app``'s store, publishing through this process's executor's app."""
+    """A scheduler over ``app``'s store (this process's executor's), publishing through ``app``."""
     executor = executor_of(app)
     settings = executor.settings
     dispatcher = Dispatcher(
