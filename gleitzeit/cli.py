@@ -490,6 +490,87 @@ def upgrade(database_url: str | None) -> None:
     click.echo(f"store at {engine_for(url).url.render_as_string(hide_password=True)} is up to date")
 
 
+@main.group()
+def schedule() -> None:
+    """Workflows fired at the slots of a cron expression (beat's gleitzeit.schedules)."""
+
+
+@schedule.command("add")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--cron", required=True, help="Cron expression, e.g. '0 3 * * *'.")
+@click.option("--timezone", "tz", default="UTC", show_default=True, help="IANA time zone.")
+@_include
+@_inputs
+@_inputs_json
+@click.option("--catchup", is_flag=True, help="Fire every slot missed while beat was down.")
+@click.option("--name", help="The schedule's name [default: the workflow's name].")
+@click.option("--key", help="Run keys' prefix [default: schedule:NAME].")
+def schedule_add(
+    file: str,
+    cron: str,
+    tz: str,
+    include: Sequence[str],
+    pairs: Sequence[str],
+    inputs_json: str | None,
+    catchup: bool,
+    name: str | None,
+    key: str | None,
+) -> None:
+    """Fire FILE's workflow at each slot of --cron (adding it again as it is changes nothing)."""
+    import_modules(list(include))
+    loaded = load_workflow(file)
+    inputs = {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}
+    stored = Client().schedule(
+        name or loaded.workflow.name,
+        loaded.workflow,
+        cron=cron,
+        timezone=tz,
+        inputs=inputs,
+        catchup=catchup,
+        key=key,
+    )
+    click.echo(f"schedule {stored.name}: {stored.cron} ({stored.timezone}), next {stored.next_at}")
+
+
+@schedule.command("list")
+def schedule_list() -> None:
+    """Every schedule: its cron and zone, next and last fire, and the last run's state."""
+    for found in Client().schedules():
+        state = "paused" if found.paused else "active"
+        following = "on resume" if found.paused else found.next_at
+        last = "never fired"
+        if found.last_at is not None:
+            run_state = found.last_run_state.value if found.last_run_state else "removed"
+            last = f"last {found.last_at} run {found.last_run_id} {run_state}"
+        click.echo(
+            f"{found.name:<24} {state:<6} {found.cron!r} {found.timezone}  next {following}  {last}"
+        )
+
+
+@schedule.command("remove")
+@click.argument("name")
+def schedule_remove(name: str) -> None:
+    """Remove a schedule; its runs stay."""
+    Client().unschedule(name)
+    click.echo(f"schedule {name} removed")
+
+
+@schedule.command("pause")
+@click.argument("name")
+def schedule_pause(name: str) -> None:
+    """Fire nothing more until resumed."""
+    changed = Client().pause_schedule(name)
+    click.echo(f"schedule {name} " + ("paused" if changed else "was paused already"))
+
+
+@schedule.command("resume")
+@click.argument("name")
+def schedule_resume(name: str) -> None:
+    """Fire again from the next slot (slots passed while paused are not fired)."""
+    changed = Client().resume_schedule(name)
+    click.echo(f"schedule {name} " + ("resumed" if changed else "was not paused"))
+
+
 def entry() -> None:
     """The console script: errors as one clear message and exit status 1."""
     try:

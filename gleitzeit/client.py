@@ -8,7 +8,8 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
@@ -26,8 +27,11 @@ from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState, TaskState
 from gleitzeit.store import RunPlan, RunRecord, Store, TaskRecord
 from gleitzeit.store.control import RetryRequest
-from gleitzeit.store.records import EventRecord, PlannedTask, RunProgress
+from gleitzeit.store.records import EventRecord, PlannedTask, RunProgress, ScheduleRecord
 from gleitzeit.workflow import TaskSpec, Workflow, hash_json
+
+if TYPE_CHECKING:
+    from gleitzeit.scheduler import Ticked
 
 log = logging.getLogger(__name__)
 
@@ -270,6 +274,78 @@ class Client:
         done = self.store.retry_run(run_id, request)
         self.dispatcher.publish(done.dispatches)
         return Run(self, run_id)
+
+    # -- schedules -----------------------------------------------------------------------
+
+    def schedule(
+        self,
+        name: str,
+        workflow: Workflow,
+        *,
+        cron: str,
+        timezone: str = "UTC",
+        inputs: Mapping[str, Any] | None = None,
+        catchup: bool = False,
+        key: str | None = None,
+        start: datetime | None = None,
+        registered: Iterable[str] | None = None,
+    ) -> ScheduleRecord:
+        """Submit a run of ``workflow`` at each slot of ``cron`` in ``timezone``.
+
+        Each slot's run gets ``inputs`` plus ``scheduled_at``, the slot's local time (ISO
+        8601 with the offset), and the key ``<key>:<scheduled_at>`` (``key`` defaults to
+        ``schedule:<name>``), so a slot has one run however many beats fire it. Slots
+        missed while nothing fired: the latest one only, or with ``catchup`` each of them,
+        oldest first. The first slot is the first after now, or the first at ``start`` or
+        after (a naive ``start`` is a wall-clock time in ``timezone``): with ``catchup``,
+        a ``start`` in the past fires the slots since then.
+
+        Adding a schedule exactly as stored already changes nothing. Raises
+        :class:`ScheduleError` for a bad name, cron expression, time zone, inputs or key,
+        :class:`ScheduleConflict` when ``name`` is taken by another definition, and
+        ``WorkflowValidationError`` for an invalid workflow; in each case nothing is stored.
+        """
+        from gleitzeit.scheduler import define_schedule, start_of
+
+        given = start_of(start, timezone)
+        definition = define_schedule(
+            name,
+            workflow,
+            cron=cron,
+            timezone=timezone,
+            inputs=inputs,
+            catchup=catchup,
+            key=key,
+            start=self.store.now() if given is None else given,
+            strict_start=given is None,
+            registered=registered,
+        )
+        self.store.add_schedule(definition)
+        return self.store.list_schedules(name)[0]
+
+    def unschedule(self, name: str) -> None:
+        """Remove a schedule; its runs stay. Raises :class:`ScheduleNotFound`."""
+        self.store.remove_schedule(name)
+
+    def schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name: when it fires next, when it fired last, that run's state."""
+        return self.store.list_schedules()
+
+    def pause_schedule(self, name: str) -> bool:
+        """Fire nothing more until resumed; ``False`` when it was paused already."""
+        return self.store.pause_schedule(name)
+
+    def resume_schedule(self, name: str) -> bool:
+        """Fire again from the first slot after now: slots that passed while it was paused
+        are not fired. ``False`` when it was not paused."""
+        return self.store.resume_schedule(name)
+
+    def fire_schedules(self, *, now: float | None = None) -> Ticked:
+        """One tick (what beat's ``gleitzeit.schedules`` runs): fire every slot that has
+        come by ``now`` (epoch seconds; default the database's clock)."""
+        from gleitzeit.scheduler import Scheduler
+
+        return Scheduler(self.store, self.dispatcher, self.settings).tick(now=now)
 
     def _revoke(self, message_ids: list[str], *, terminate: bool) -> None:
         try:

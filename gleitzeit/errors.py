@@ -119,6 +119,35 @@ class RunFailed(GleitzeitError):
     """A task's error when the reconciler failed its run (stalled, or not repairable)."""
 
 
+class ScheduleError(GleitzeitError, ValueError):
+    """A schedule cannot be stored as given (its cron, time zone, name, inputs or key);
+    nothing was stored."""
+
+
+class ScheduleConflict(ScheduleError):
+    """A schedule of that name exists with another definition; remove it first."""
+
+    def __init__(self, name: str, differs: Iterable[str]) -> None:
+        self.name = name
+        #: what differs: ``"cron expression"``, ``"time zone"``, ``"workflow"``, ``"inputs"``,
+        #: ``"catchup"``, ``"key"``
+        self.differs = list(differs)
+        what = ", ".join(self.differs[:-1]) + " and " if len(self.differs) > 1 else ""
+        what += self.differs[-1] if self.differs else "definition"
+        plural = len(self.differs) > 1 or self.differs == ["inputs"]
+        super().__init__(
+            f"schedule {name!r} exists, defined otherwise: its {what} "
+            f"{'differ' if plural else 'differs'}; remove it first to change it"
+        )
+
+
+class ScheduleNotFound(GleitzeitError, KeyError):
+    """No schedule of that name exists in the store."""
+
+    def __str__(self) -> str:
+        return f"no schedule named {self.args[0]!r}"
+
+
 class DispatchFailure(GleitzeitError):
     """A task message could not be published to the broker; the cause is kept."""
 

@@ -8,7 +8,13 @@ import pytest
 
 import gleitzeit
 from gleitzeit import errors
-from gleitzeit.errors import GleitzeitError, IdempotencyConflict, ResultError, WorkerLost
+from gleitzeit.errors import (
+    GleitzeitError,
+    IdempotencyConflict,
+    ResultError,
+    ScheduleConflict,
+    WorkerLost,
+)
 from gleitzeit.policy import exception_names, type_name
 
 ERROR_CLASSES = sorted(
@@ -55,3 +61,19 @@ def test_an_idempotency_conflict_says_what_differs_in_english(
 
     assert str(conflict) == f"key 'day/1' already names run r-1, {says}"
     assert conflict.differs == differs
+
+
+@pytest.mark.parametrize(
+    ("differs", "says"),
+    [
+        (["inputs"], "its inputs differ"),
+        (["cron expression"], "its cron expression differs"),
+        (["time zone", "workflow", "catchup"], "its time zone, workflow and catchup differ"),
+    ],
+)
+def test_a_schedule_conflict_says_what_differs_in_english(differs: list[str], says: str) -> None:
+    conflict = ScheduleConflict("nightly", differs)
+
+    assert str(conflict) == (
+        f"schedule 'nightly' exists, defined otherwise: {says}; remove it first to change it"
+    )
