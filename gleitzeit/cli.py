@@ -6,11 +6,12 @@ import importlib
 import json
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 import click
 
+from gleitzeit import display
 from gleitzeit.checks import Finding, check_app
 from gleitzeit.client import Client, Run
 from gleitzeit.errors import (
@@ -26,7 +27,9 @@ from gleitzeit.resolver import DependencyResolver
 from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState
 from gleitzeit.store import Store
+from gleitzeit.store.records import FinishedTask, RunProgress
 from gleitzeit.strategies import FROM_FAILURE, RETRY_STRATEGIES
+from gleitzeit.workflow import Workflow
 
 
 def _parse_inputs(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
@@ -54,26 +57,70 @@ def _print_json(value: Any) -> None:
     click.echo(json.dumps(value, indent=2, default=str))
 
 
-def _show_progress(run: Run, *, interval: float = 0.2) -> None:
-    """A progress bar of finished tasks until the run ends."""
-    total = run.progress.tasks_total
+#: how far back (seconds) each look at a run reads again: a PostgreSQL transaction may
+#: commit after a later one, with the earlier clock it stamped its task's end with
+_LOOK_BACK = 5.0
+
+
+def _ended(run: Run, *, interval: float = 0.25) -> Iterator[tuple[RunProgress, list[FinishedTask]]]:
+    """The run's state and the tasks that ended since the last look, each time something
+    changed, until the run ends. Each poll reads the run's row; only when it moved are the
+    tasks that ended since the last look (a cursor on their end) read."""
+    seen: set[FinishedTask] = set()
+    since = 0.0
+    last: tuple[object, ...] = ()
+    delay = 0.01
+    while True:
+        progress = run.progress
+        if (progress.state, progress.tasks_unfinished, progress.tasks_total) != last:
+            progress, found = run.client.store.get_finished(run.id, since)
+            last = (progress.state, progress.tasks_unfinished, progress.tasks_total)
+            yield progress, [f for f in found if f not in seen]
+            seen.update(found)
+            if found:
+                since = max(since, found[-1].finished_at - _LOOK_BACK)
+        if progress.state in FINAL_RUN_STATES:
+            return
+        time.sleep(delay)
+        delay = min(delay * 2, interval)
+
+
+def _show_progress(run: Run) -> None:
+    """Follow the run to its end on stderr: on a terminal, a bar of ended tasks that names
+    the last; otherwise a line per ended task (``12:01:02 extract succeeded (1/3)``)."""
+    if sys.stderr.isatty():
+        with click.progressbar(
+            length=run.progress.tasks_total,
+            label=f"run {run.id[:8]}",
+            file=sys.stderr,
+            show_pos=True,
+            item_show_func=lambda item: item,
+        ) as bar:
+            for progress, ended in _ended(run):
+                bar.length = progress.tasks_total
+                for task in ended:
+                    bar.update(1, current_item=f"{task.task_id} {task.state.value}")
+        return
     done = 0
-    with click.progressbar(length=total, label=f"run {run.id[:8]}", file=sys.stderr) as bar:
-        while True:
-            progress = run.progress
-            finished = progress.tasks_total - progress.tasks_unfinished
-            bar.update(finished - done)
-            done = finished
-            if progress.state in FINAL_RUN_STATES:
-                return
-            time.sleep(interval)
+    for progress, ended in _ended(run):
+        for task in ended:
+            done += 1
+            click.echo(
+                f"{display.clock(task.finished_at)} {task.task_id} {task.state.value}"
+                f" ({done}/{progress.tasks_total})",
+                err=True,
+            )
 
 
-def _finish(run: Run, *, only: Sequence[str] | None = None) -> None:
-    """Print results (of the tasks in ``only``, if given; exit 0) or what failed (exit 1)."""
+def _finish(run: Run, *, all_results: bool) -> None:
+    """Print the results of the run's final tasks (those nothing depends on; every task's
+    with ``all_results``) as JSON and exit 0, or what failed and exit 1."""
     try:
         results = run.wait()
-        _print_json(results if only is None else {k: results[k] for k in only if k in results})
+        if not all_results:
+            graph = Workflow.from_dict(run.record.graph, source=f"run {run.id}")
+            results = {k: results[k] for k in DependencyResolver(graph).leaves() if k in results}
+        _print_json(results)
     except WorkflowFailed as exc:
         click.echo(f"run {run.id} ended {exc.status}", err=True)
         for task_id, error in exc.errors.items():
@@ -93,6 +140,20 @@ _include = click.option(
 _inputs = click.option("-i", "--input", "pairs", multiple=True, help="An input, NAME=VALUE.")
 _inputs_json = click.option("--inputs-json", help="Inputs as a JSON object.")
 _db = click.option("--db", "database_url", help="Store URL (default GLEITZEIT_DATABASE_URL).")
+_quiet = click.option(
+    "--quiet", is_flag=True, help="No progress (a bar, or a line per ended task) on stderr."
+)
+_all = click.option(
+    "--all",
+    "all_results",
+    is_flag=True,
+    help="Print every task's result, not only the final tasks' (those nothing depends on).",
+)
+
+
+def _needs_wait(wait_: bool, all_results: bool) -> None:
+    if all_results and not wait_:
+        raise click.UsageError("--all prints results: it needs --wait")
 
 
 @main.command()
@@ -103,8 +164,8 @@ _db = click.option("--db", "database_url", help="Store URL (default GLEITZEIT_DA
 @_db
 @click.option("--concurrency", type=int, help="Threads of the in-process worker.")
 @click.option("--key", help="Idempotency key of the run.")
-@click.option("--quiet", is_flag=True, help="No progress bar.")
-@click.option("--all", "all_results", is_flag=True, help="Print every task's result.")
+@_quiet
+@_all
 def run(
     file: str,
     include: Sequence[str],
@@ -132,8 +193,7 @@ def run(
         click.echo(f"run {started.id} ({loaded.workflow.name}) started", err=True)
         if not quiet:
             _show_progress(started)
-        graph = DependencyResolver(loaded.workflow)
-        _finish(started, only=None if all_results else graph.leaves())
+        _finish(started, all_results=all_results)
 
 
 @main.command()
@@ -162,6 +222,8 @@ def validate(
 @_inputs_json
 @click.option("--key", help="Idempotency key of the run.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the run and print its results.")
+@_all
+@_quiet
 def submit(
     file: str,
     include: Sequence[str],
@@ -169,8 +231,14 @@ def submit(
     inputs_json: str | None,
     key: str | None,
     wait_: bool,
+    all_results: bool,
+    quiet: bool,
 ) -> None:
-    """Submit FILE's workflow to the workers (GLEITZEIT_DATABASE_URL, CELERY_BROKER_URL)."""
+    """Submit FILE's workflow to the workers (GLEITZEIT_DATABASE_URL, CELERY_BROKER_URL).
+
+    With --wait, prints the results of the final tasks as JSON, as ``run`` does.
+    """
+    _needs_wait(wait_, all_results)
     import_modules(list(include))
     loaded = load_workflow(file)
     client = Client()
@@ -179,25 +247,46 @@ def submit(
     )
     click.echo(started.id)
     if wait_:
-        _finish(started)
+        if not quiet:
+            _show_progress(started)
+        _finish(started, all_results=all_results)
+
+
+_json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 
 
 @main.command()
 @click.argument("run_id")
-def status(run_id: str) -> None:
-    """Print a run's state and its tasks' states."""
-    run_ = Client().get(run_id)
-    record = run_.record
-    click.echo(f"run {record.id} {record.name}: {record.state.value}")
-    for task_id, task in run_.tasks.items():
-        line = f"  {task_id:<24} {task.state.value:<10} attempt {task.attempt}"
-        click.echo(line + (f"  {task.error}" if task.error else ""))
+@click.option("--task", "task_id", help="One task: each of its attempts, with tracebacks.")
+@_json
+def status(run_id: str, task_id: str | None, as_json: bool) -> None:
+    """Print a run and its tasks: state, attempts, time taken, result or error."""
+    store = Client().store
+    record = store.get_run(run_id)
+    if task_id is not None:
+        found = store.get_tasks(run_id)
+        if task_id not in found:
+            raise click.BadParameter(
+                f"run {run_id} has no task {task_id!r} (it has: {', '.join(sorted(found))})",
+                param_hint="--task",
+            )
+        task = found[task_id]
+        if as_json:
+            _print_json(display.as_json(task))
+        else:
+            click.echo("\n".join(display.task_lines(run_id, task)))
+        return
+    found = store.get_tasks(run_id, with_attempts=False)
+    if as_json:
+        _print_json({"run": display.as_json(record), "tasks": display.as_json(found)})
+    else:
+        click.echo("\n".join(display.run_lines(record, found)))
 
 
 @main.command()
 @click.argument("run_id")
 def watch(run_id: str) -> None:
-    """Show a live progress bar of a run until it ends."""
+    """Follow a run until it ends: a progress bar on a terminal, else a line per ended task."""
     run_ = Client().get(run_id)
     _show_progress(run_)
     click.echo(f"run {run_id} {run_.status}")
@@ -207,14 +296,14 @@ def watch(run_id: str) -> None:
 @click.option("--status", "status_", type=click.Choice([s.value for s in RunState]))
 @click.option("--name")
 @click.option("--limit", type=int, default=50, show_default=True)
-def list_runs(status_: str | None, name: str | None, limit: int) -> None:
-    """List the newest runs."""
-    for record in Client().runs(status=status_, name=name, limit=limit):
-        done = record.tasks_total - record.tasks_unfinished
-        click.echo(
-            f"{record.id}  {record.name:<24} {record.state.value:<10} "
-            f"{done}/{record.tasks_total} tasks"
-        )
+@_json
+def list_runs(status_: str | None, name: str | None, limit: int, as_json: bool) -> None:
+    """List the newest runs: state, tasks done, when submitted and ended, time taken."""
+    found = Client().runs(status=status_, name=name, limit=limit)
+    if as_json:
+        _print_json(display.as_json(found))
+    elif found:
+        click.echo("\n".join(display.runs_lines(found)))
 
 
 @main.command()
@@ -252,6 +341,8 @@ def history(run_id: str) -> None:
 @_include
 @click.option("--force", is_flag=True, help="Rerun the tasks a changed --file changes.")
 @click.option("--wait", "wait_", is_flag=True, help="Wait for the run and print its results.")
+@_all
+@_quiet
 def retry(
     run_id: str,
     strategy: str,
@@ -261,8 +352,14 @@ def retry(
     include: Sequence[str],
     force: bool,
     wait_: bool,
+    all_results: bool,
+    quiet: bool,
 ) -> None:
-    """Run an ended run again, in place. Inputs given replace those of the same name."""
+    """Run an ended run again, in place. Inputs given replace those of the same name.
+
+    With --wait, prints the results of the final tasks as JSON, as ``run`` does.
+    """
+    _needs_wait(wait_, all_results)
     import_modules(list(include))
     client = Client()
     given = _parse_inputs(pairs, inputs_json)
@@ -271,7 +368,9 @@ def retry(
     run_ = client.retry(run_id, strategy, inputs=inputs, workflow=workflow, force=force)
     click.echo(f"run {run_id} retried ({strategy}): {run_.status}")
     if wait_:
-        _finish(run_)
+        if not quiet:
+            _show_progress(run_)
+        _finish(run_, all_results=all_results)
 
 
 @main.command()
@@ -433,6 +532,87 @@ def upgrade(database_url: str | None) -> None:
     url = Settings.from_env(database_url=database_url).database_url
     run_upgrade(engine_for(url))
     click.echo(f"store at {engine_for(url).url.render_as_string(hide_password=True)} is up to date")
+
+
+@main.group()
+def schedule() -> None:
+    """Workflows fired at the slots of a cron expression (beat's gleitzeit.schedules)."""
+
+
+@schedule.command("add")
+@click.argument("file", type=click.Path(dir_okay=False))
+@click.option("--cron", required=True, help="Cron expression, e.g. '0 3 * * *'.")
+@click.option("--timezone", "tz", default="UTC", show_default=True, help="IANA time zone.")
+@_include
+@_inputs
+@_inputs_json
+@click.option("--catchup", is_flag=True, help="Fire every slot missed while beat was down.")
+@click.option("--name", help="The schedule's name [default: the workflow's name].")
+@click.option("--key", help="Run keys' prefix [default: schedule:NAME].")
+def schedule_add(
+    file: str,
+    cron: str,
+    tz: str,
+    include: Sequence[str],
+    pairs: Sequence[str],
+    inputs_json: str | None,
+    catchup: bool,
+    name: str | None,
+    key: str | None,
+) -> None:
+    """Fire FILE's workflow at each slot of --cron (adding it again as it is changes nothing)."""
+    import_modules(list(include))
+    loaded = load_workflow(file)
+    inputs = {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}
+    stored = Client().schedule(
+        name or loaded.workflow.name,
+        loaded.workflow,
+        cron=cron,
+        timezone=tz,
+        inputs=inputs,
+        catchup=catchup,
+        key=key,
+    )
+    click.echo(f"schedule {stored.name}: {stored.cron} ({stored.timezone}), next {stored.next_at}")
+
+
+@schedule.command("list")
+def schedule_list() -> None:
+    """Every schedule: its cron and zone, next and last fire, and the last run's state."""
+    for found in Client().schedules():
+        state = "paused" if found.paused else "active"
+        following = "on resume" if found.paused else found.next_at
+        last = "never fired"
+        if found.last_at is not None:
+            run_state = found.last_run_state.value if found.last_run_state else "removed"
+            last = f"last {found.last_at} run {found.last_run_id} {run_state}"
+        click.echo(
+            f"{found.name:<24} {state:<6} {found.cron!r} {found.timezone}  next {following}  {last}"
+        )
+
+
+@schedule.command("remove")
+@click.argument("name")
+def schedule_remove(name: str) -> None:
+    """Remove a schedule; its runs stay."""
+    Client().unschedule(name)
+    click.echo(f"schedule {name} removed")
+
+
+@schedule.command("pause")
+@click.argument("name")
+def schedule_pause(name: str) -> None:
+    """Fire nothing more until resumed."""
+    changed = Client().pause_schedule(name)
+    click.echo(f"schedule {name} " + ("paused" if changed else "was paused already"))
+
+
+@schedule.command("resume")
+@click.argument("name")
+def schedule_resume(name: str) -> None:
+    """Fire again from the next slot (slots passed while paused are not fired)."""
+    changed = Client().resume_schedule(name)
+    click.echo(f"schedule {name} " + ("resumed" if changed else "was not paused"))
 
 
 def entry() -> None:

@@ -8,7 +8,8 @@ import socket
 import time
 import uuid
 from collections.abc import Iterable, Mapping
-from typing import Any
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
 from celery import Celery
 
@@ -17,7 +18,6 @@ from gleitzeit.dispatch import Dispatcher
 from gleitzeit.errors import (
     GraphChanged,
     ParamsError,
-    RunControlError,
     RunTimeout,
     WorkflowFailed,
 )
@@ -27,8 +27,11 @@ from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState, TaskState
 from gleitzeit.store import RunPlan, RunRecord, Store, TaskRecord
 from gleitzeit.store.control import RetryRequest
-from gleitzeit.store.records import EventRecord, PlannedTask, RunProgress
+from gleitzeit.store.records import EventRecord, PlannedTask, RunProgress, ScheduleRecord
 from gleitzeit.workflow import TaskSpec, Workflow, hash_json
+
+if TYPE_CHECKING:
+    from gleitzeit.scheduler import Ticked
 
 log = logging.getLogger(__name__)
 
@@ -272,6 +275,78 @@ class Client:
         self.dispatcher.publish(done.dispatches)
         return Run(self, run_id)
 
+    # -- schedules -----------------------------------------------------------------------
+
+    def schedule(
+        self,
+        name: str,
+        workflow: Workflow,
+        *,
+        cron: str,
+        timezone: str = "UTC",
+        inputs: Mapping[str, Any] | None = None,
+        catchup: bool = False,
+        key: str | None = None,
+        start: datetime | None = None,
+        registered: Iterable[str] | None = None,
+    ) -> ScheduleRecord:
+        """Submit a run of ``workflow`` at each slot of ``cron`` in ``timezone``.
+
+        Each slot's run gets ``inputs`` plus ``scheduled_at``, the slot's local time (ISO
+        8601 with the offset), and the key ``<key>:<scheduled_at>`` (``key`` defaults to
+        ``schedule:<name>``), so a slot has one run however many beats fire it. Slots
+        missed while nothing fired: the latest one only, or with ``catchup`` each of them,
+        oldest first. The first slot is the first after now, or the first at ``start`` or
+        after (a naive ``start`` is a wall-clock time in ``timezone``): with ``catchup``,
+        a ``start`` in the past fires the slots since then.
+
+        Adding a schedule exactly as stored already changes nothing. Raises
+        :class:`ScheduleError` for a bad name, cron expression, time zone, inputs or key,
+        :class:`ScheduleConflict` when ``name`` is taken by another definition, and
+        ``WorkflowValidationError`` for an invalid workflow; in each case nothing is stored.
+        """
+        from gleitzeit.scheduler import define_schedule, start_of
+
+        given = start_of(start, timezone)
+        definition = define_schedule(
+            name,
+            workflow,
+            cron=cron,
+            timezone=timezone,
+            inputs=inputs,
+            catchup=catchup,
+            key=key,
+            start=self.store.now() if given is None else given,
+            strict_start=given is None,
+            registered=registered,
+        )
+        self.store.add_schedule(definition)
+        return self.store.list_schedules(name)[0]
+
+    def unschedule(self, name: str) -> None:
+        """Remove a schedule; its runs stay. Raises :class:`ScheduleNotFound`."""
+        self.store.remove_schedule(name)
+
+    def schedules(self) -> list[ScheduleRecord]:
+        """Every schedule, by name: when it fires next, when it fired last, that run's state."""
+        return self.store.list_schedules()
+
+    def pause_schedule(self, name: str) -> bool:
+        """Fire nothing more until resumed; ``False`` when it was paused already."""
+        return self.store.pause_schedule(name)
+
+    def resume_schedule(self, name: str) -> bool:
+        """Fire again from the first slot after now: slots that passed while it was paused
+        are not fired. ``False`` when it was not paused."""
+        return self.store.resume_schedule(name)
+
+    def fire_schedules(self, *, now: float | None = None) -> Ticked:
+        """One tick (what beat's ``gleitzeit.schedules`` runs): fire every slot that has
+        come by ``now`` (epoch seconds; default the database's clock)."""
+        from gleitzeit.scheduler import Scheduler
+
+        return Scheduler(self.store, self.dispatcher, self.settings).tick(now=now)
+
     def _revoke(self, message_ids: list[str], *, terminate: bool) -> None:
         try:
             self.app.control.revoke(message_ids, terminate=terminate, signal="SIGTERM")
@@ -338,20 +413,15 @@ def _retry_request(
 def _changed_definition(
     record: RunRecord, stored: Workflow, workflow: Workflow, force: bool
 ) -> tuple[set[str], list[PlannedTask]]:
-    """The tasks whose definition changed, and their new rows; refused unless ``force``."""
+    """The tasks whose definition changed, and their new rows; refused unless ``force``.
+
+    A new shape (tasks added or removed, dependencies changed) is refused even with ``force``,
+    and the refusal says so instead of suggesting it.
+    """
     old = {spec.id: spec for spec in stored.specs}
     new = {spec.id: spec for spec in workflow.specs}
     changed = sorted(tid for tid in old.keys() & new.keys() if old[tid] != new[tid])
     added, removed = sorted(new.keys() - old.keys()), sorted(old.keys() - new.keys())
-    if not force:
-        what = [f"tasks changed: {changed}"] if changed else []
-        what += [f"added: {added}"] if added else []
-        what += [f"removed: {removed}"] if removed else []
-        raise GraphChanged(
-            f"run {record.id} was submitted with another definition of {record.name!r} "
-            f"({'; '.join(what) or 'workflow renamed'}); retry with force=True (--force) to "
-            "rerun the changed tasks under the new definition, or submit it as a new run"
-        )
     workflow.validate()
     before, after = DependencyResolver(stored), DependencyResolver(workflow)
     reshaped = sorted(
@@ -361,9 +431,20 @@ def _changed_definition(
         or before.stands_in_for.get(tid) != after.stands_in_for.get(tid)
     )
     if added or removed or reshaped or stored.name != workflow.name:
-        raise RunControlError(
-            f"a forced retry may change tasks' params and options, not the graph's shape "
-            f"(added: {added}, removed: {removed}, dependencies changed: {reshaped}); "
-            "submit the new definition as a new run"
+        what = [f"added: {added}"] if added else []
+        what += [f"removed: {removed}"] if removed else []
+        what += [f"dependencies changed: {reshaped}"] if reshaped else []
+        if stored.name != workflow.name:
+            what.append(f"renamed {stored.name!r} -> {workflow.name!r}")
+        raise GraphChanged(
+            f"run {record.id} was submitted with another shape of {record.name!r} "
+            f"({'; '.join(what)}); a retry reruns tasks of the graph it has and may change only "
+            "their params and options: submit the new definition as a new run"
+        )
+    if not force:
+        raise GraphChanged(
+            f"run {record.id} was submitted with another definition of {record.name!r} "
+            f"(tasks changed: {changed}); retry with force=True (--force) to rerun them under "
+            "the new definition, or submit it as a new run"
         )
     return set(changed), [_planned_task(after, new[tid]) for tid in changed]

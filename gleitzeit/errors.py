@@ -39,16 +39,20 @@ class ParamsError(GleitzeitError, ValueError):
     """Params or inputs given to a workflow cannot be stored: they are not JSON."""
 
 
+#: how a conflict names each part that differs
+_DIFFERENT = {"graph": "a different graph", "inputs": "different inputs"}
+
+
 class IdempotencyConflict(GleitzeitError):
     """A submission reused a key that names a run with another graph or other inputs."""
 
     def __init__(self, key: str, run_id: str, differs: Iterable[str]) -> None:
         self.key = key
         self.run_id = run_id
+        #: what differs: ``"graph"``, ``"inputs"`` or both
         self.differs = list(differs)
-        super().__init__(
-            f"key {key!r} already names run {run_id} with a different {' and '.join(self.differs)}"
-        )
+        what = " and ".join(_DIFFERENT.get(part, f"a different {part}") for part in self.differs)
+        super().__init__(f"key {key!r} already names run {run_id}, with {what}")
 
 
 class RunNotFound(GleitzeitError, KeyError):
@@ -96,7 +100,52 @@ class RunControlError(GleitzeitError, ValueError):
 
 
 class GraphChanged(RunControlError):
-    """A retry against a workflow definition that differs from the run's; pass ``force``."""
+    """A retry against a workflow definition that differs from the run's; nothing changed.
+
+    ``force`` reruns the changed tasks under the new definition when only their params and
+    options changed; a new shape of the graph is a new run.
+    """
+
+
+class UnknownTask(GleitzeitError):
+    """A task's error when the worker that got its message has no Celery task of that name."""
+
+
+class WorkerLost(GleitzeitError):
+    """A task's error when the worker running it was lost too often (killed, out of memory)."""
+
+
+class RunFailed(GleitzeitError):
+    """A task's error when the reconciler failed its run (stalled, or not repairable)."""
+
+
+class ScheduleError(GleitzeitError, ValueError):
+    """A schedule cannot be stored as given (its cron, time zone, name, inputs or key);
+    nothing was stored."""
+
+
+class ScheduleConflict(ScheduleError):
+    """A schedule of that name exists with another definition; remove it first."""
+
+    def __init__(self, name: str, differs: Iterable[str]) -> None:
+        self.name = name
+        #: what differs: ``"cron expression"``, ``"time zone"``, ``"workflow"``, ``"inputs"``,
+        #: ``"catchup"``, ``"key"``
+        self.differs = list(differs)
+        what = ", ".join(self.differs[:-1]) + " and " if len(self.differs) > 1 else ""
+        what += self.differs[-1] if self.differs else "definition"
+        plural = len(self.differs) > 1 or self.differs == ["inputs"]
+        super().__init__(
+            f"schedule {name!r} exists, defined otherwise: its {what} "
+            f"{'differ' if plural else 'differs'}; remove it first to change it"
+        )
+
+
+class ScheduleNotFound(GleitzeitError, KeyError):
+    """No schedule of that name exists in the store."""
+
+    def __str__(self) -> str:
+        return f"no schedule named {self.args[0]!r}"
 
 
 class DispatchFailure(GleitzeitError):

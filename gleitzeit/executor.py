@@ -28,7 +28,7 @@ from typing import Any
 from gleitzeit import codec, policy, refs
 from gleitzeit.crashpoints import crash_point
 from gleitzeit.dispatch import Dispatcher, LedgerMarks
-from gleitzeit.errors import ReferenceResolutionError, ResultError, StorageFailure
+from gleitzeit.errors import ReferenceResolutionError, ResultError, StorageFailure, UnknownTask
 from gleitzeit.policy import Backoff
 from gleitzeit.settings import Settings
 from gleitzeit.store import ErrorInfo, Store
@@ -231,7 +231,7 @@ class Executor:
                 f"no Celery task named {started.name!r} is registered on this worker; "
                 "import its module with -I or include"
             )
-            return Failure(ErrorInfo("gleitzeit.UnknownTask", message), None)
+            return Failure(ErrorInfo(policy.type_name(UnknownTask), message), None)
         try:
             value = body(**params)
         except Exception as exc:

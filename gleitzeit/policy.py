@@ -70,19 +70,29 @@ def compute_backoff(
     return max(delay, 0.0)
 
 
+#: gleitzeit's own exceptions live here and are exported from the package, whose name they go by
+_ERRORS_MODULE = "gleitzeit.errors"
+
+
 def exception_names(exc: BaseException) -> set[str]:
     """Every name an exception answers to: its classes' simple and qualified names."""
     names: set[str] = set()
     for cls in type(exc).__mro__:
         names.add(cls.__name__)
         names.add(f"{cls.__module__}.{cls.__qualname__}")
+        names.add(type_name(cls))
     return names
 
 
 def type_name(exc_type: type[BaseException]) -> str:
-    """How an exception class is named in ``retry_on``: ``module.QualName``."""
+    """How an exception class is named in ``retry_on`` and in a task's error: ``module.QualName``
+    (``gleitzeit.X`` for gleitzeit's own, as the package exports them)."""
     module = exc_type.__module__
-    return exc_type.__qualname__ if module == "builtins" else f"{module}.{exc_type.__qualname__}"
+    if module == "builtins":
+        return exc_type.__qualname__
+    if module == _ERRORS_MODULE:
+        return f"gleitzeit.{exc_type.__qualname__}"
+    return f"{module}.{exc_type.__qualname__}"
 
 
 def should_retry(

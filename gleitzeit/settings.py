@@ -46,6 +46,10 @@ class Settings:
     breaker_reset_seconds: float = 30.0
     #: how long a store operation retries a database that is unreachable or locked
     storage_retry_seconds: float = 30.0
+    #: how often beat looks for schedules whose slot has come (a slot fires this late at most)
+    schedule_interval: float = 5.0
+    #: slots a schedule with catchup fires per tick at most, oldest first
+    schedule_catchup_limit: int = 100
     #: how often a worker marks itself seen in the store; ``gleitzeit health`` counts a
     #: worker unseen for three of these as gone
     worker_heartbeat_interval: float = 10.0

@@ -2,10 +2,12 @@
 
 ``app`` is configured from the environment and an optional ``celeryconfig`` module,
 with the settings gleitzeit's guarantees need. An existing Celery app takes gleitzeit
-in with :func:`install` instead. Two tasks: ``gleitzeit.execute`` runs one attempt,
+in with :func:`install` instead. Three tasks: ``gleitzeit.execute`` runs one attempt,
 ``gleitzeit.reconcile`` runs one reconciliation round (beat sends it every
-``reconcile_interval`` seconds). A worker of such an app logs, as it starts, every Celery
-setting that would break gleitzeit's guarantees (:mod:`gleitzeit.checks`).
+``reconcile_interval`` seconds), ``gleitzeit.schedules`` fires the schedules whose slot
+has come (beat sends it every ``schedule_interval`` seconds). A worker of such an app
+logs, as it starts, every Celery setting that would break gleitzeit's guarantees
+(:mod:`gleitzeit.checks`).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from gleitzeit.errors import StorageFailure
 from gleitzeit.executor import Executor
 from gleitzeit.presence import WorkerPresence, task_names
 from gleitzeit.reconcile import Reconciler
+from gleitzeit.scheduler import Scheduler
 from gleitzeit.settings import Settings
 from gleitzeit.store import Store
 
@@ -33,6 +36,7 @@ log = logging.getLogger(__name__)
 #: name of the module with the user's Celery settings, imported when it exists
 CONFIG_MODULE_ENV = "GLEITZEIT_CELERY_CONFIG"
 RECONCILE_TASK = "gleitzeit.reconcile"
+SCHEDULES_TASK = "gleitzeit.schedules"
 
 
 def celery_defaults(settings: Settings) -> dict[str, Any]:
@@ -106,6 +110,28 @@ def reconciler_of(app: Celery) -> Reconciler:
     return Reconciler(executor.store, dispatcher, settings)
 
 
+def scheduler_of(app: Celery) -> Scheduler:
+    """A scheduler over ``app``'s store (this process's executor's), publishing through ``app``."""
+    executor = executor_of(app)
+    settings = executor.settings
+    dispatcher = Dispatcher(
+        app, executor.store, breaker_reset_seconds=settings.breaker_reset_seconds
+    )
+    return Scheduler(executor.store, dispatcher, settings)
+
+
+def schedules_schedule(settings: Settings) -> dict[str, Any]:
+    """The beat schedule entry that fires due schedules every ``schedule_interval``."""
+    interval = settings.schedule_interval
+    return {
+        "task": SCHEDULES_TASK,
+        "schedule": interval,
+        # a tick nobody picked up within its interval is replaced by the next one, which
+        # fires whatever the dropped one would have
+        "options": {"expires": interval},
+    }
+
+
 def reconcile_schedule(settings: Settings) -> dict[str, Any]:
     """The beat schedule entry that runs the reconciler every ``reconcile_interval``."""
     interval = settings.reconcile_interval
@@ -132,6 +158,9 @@ def install(app: Celery) -> Celery:
     def reconcile(self: Any) -> str:
         return str(reconciler_of(self.app).run_once())
 
+    def fire_schedules(self: Any) -> str:
+        return str(scheduler_of(self.app).tick())
+
     # shared=False: the executor belongs to this app alone, not to every app
     app.task(
         name=EXECUTE_TASK,
@@ -142,8 +171,10 @@ def install(app: Celery) -> Celery:
         reject_on_worker_lost=True,
     )(execute)
     app.task(name=RECONCILE_TASK, bind=True, shared=False, ignore_result=True)(reconcile)
+    app.task(name=SCHEDULES_TASK, bind=True, shared=False, ignore_result=True)(fire_schedules)
     schedule = dict(app.conf.beat_schedule or {})
     schedule.setdefault(RECONCILE_TASK, reconcile_schedule(settings_of(app)))
+    schedule.setdefault(SCHEDULES_TASK, schedules_schedule(settings_of(app)))
     app.conf.beat_schedule = schedule
     return app
 

@@ -222,7 +222,8 @@ class Workflow:
         self.specs: list[TaskSpec] = list(tasks)
 
     def __repr__(self) -> str:
-        return f"Workflow({self.name!r}, {len(self.specs)} tasks)"
+        count = len(self.specs)
+        return f"Workflow({self.name!r}, {count} {'task' if count == 1 else 'tasks'})"
 
     @property
     def tasks(self) -> dict[str, TaskSpec]:

@@ -119,10 +119,10 @@ def test_health_with_the_database_unreachable_exits_1(tmp_path: Path) -> None:
 def test_health_of_a_store_behind_its_schema_names_the_revisions(tmp_path: Path) -> None:
     url = f"sqlite:///{tmp_path / 'old.db'}"
     engine = make_engine(url)
-    migrate.upgrade(engine, "0007")
+    migrate.upgrade(engine, "0008s")
     engine.dispose()
 
     found = check_health(Settings(database_url=url), only=["store"])
 
     assert not found.ok
-    assert found.checks[0].detail == ("schema at 0007, 0008 expected: run gleitzeit db upgrade")
+    assert found.checks[0].detail == ("schema at 0008s, 0009 expected: run gleitzeit db upgrade")

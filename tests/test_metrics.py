@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-import secrets
 import socket
 import subprocess
 import urllib.request
@@ -16,10 +15,11 @@ from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 import gleitzeit.process_metrics  # noqa: F401  (a worker's own figures, on REGISTRY)
-from gleitzeit import Client, Settings, Workflow
+from gleitzeit import Settings, Workflow
 from gleitzeit.errors import WorkflowFailed
 from gleitzeit.metrics import registry_for
 from gleitzeit.store import Store
+from tests.cluster import started_cluster
 from tests.services import REPO_ROOT, free_port, wait_until
 from tests.test_cli import GLEITZEIT
 
@@ -61,57 +61,62 @@ def broken(name: str) -> Workflow:
     return wf
 
 
-def test_metrics_count_two_runs_succeeded_and_one_failed(client: Client, database_url: str) -> None:
-    settings = Settings(database_url=database_url, metrics_settle_seconds=0.2)
-    registry, _ = registry_for(settings)
-    token = secrets.token_hex(3)
-    ok, bad = f"metrics-ok-{token}", f"metrics-bad-{token}"
-    before = scrape(registry)  # seeds the counters with what the store held already
+@pytest.mark.parametrize("store", ["sqlite", "postgresql"])
+def test_metrics_count_two_runs_succeeded_and_one_failed(store: str, tmp_path: Path) -> None:
+    """On a deployment of its own (its store, redis-server and worker), so that the counts
+    are exactly these runs'."""
+    with started_cluster(store, tmp_path) as cluster:
+        cluster.start_worker(concurrency=2)
+        client = cluster.client()
+        settings = Settings(database_url=cluster.database_url, metrics_settle_seconds=0.2)
+        registry, _ = registry_for(settings)
+        scrape(registry)  # the exporter starts before the runs: its histograms see them all
 
-    runs = [client.submit(chain(ok)), client.submit(chain(ok)), client.submit(broken(bad))]
-    runs[0].wait(timeout=60)
-    runs[1].wait(timeout=60)
-    with pytest.raises(WorkflowFailed):
-        runs[2].wait(timeout=60)
+        runs = [
+            client.submit(chain("ok")),
+            client.submit(chain("ok")),
+            client.submit(broken("bad")),
+        ]
+        runs[0].wait(timeout=60)
+        runs[1].wait(timeout=60)
+        with pytest.raises(WorkflowFailed):
+            runs[2].wait(timeout=60)
 
-    def counted() -> Samples | None:
-        after = scrape(registry)
-        ended = total(after, "gleitzeit_runs_ended_total", workflow=ok)
-        ended += total(after, "gleitzeit_runs_ended_total", workflow=bad)
-        attempts = total(after, "gleitzeit_task_attempts_total")
-        attempts -= total(before, "gleitzeit_task_attempts_total")
-        return after if ended == 3 and attempts >= 8 else None
+        def counted() -> Samples | None:
+            after = scrape(registry)
+            ended = total(after, "gleitzeit_runs_ended_total")
+            attempts = total(after, "gleitzeit_task_attempts_total")
+            return after if ended == 3 and attempts == 8 else None
 
-    after = wait_until(counted, timeout=60, message="the runs never showed in the metrics")
+        after = wait_until(counted, timeout=60, message="the runs never showed in the metrics")
 
     assert value(after, "gleitzeit_store_up") == 1
-    assert value(after, "gleitzeit_runs_started_total", workflow=ok) == 2
-    assert value(after, "gleitzeit_runs_started_total", workflow=bad) == 1
-    assert value(after, "gleitzeit_runs_ended_total", workflow=ok, state="succeeded") == 2
-    assert value(after, "gleitzeit_runs_ended_total", workflow=bad, state="failed") == 1
-    assert total(after, "gleitzeit_runs_ended_total", workflow=ok) == 2
-    assert total(after, "gleitzeit_runs_ended_total", workflow=bad) == 1
-    assert value(after, "gleitzeit_runs", workflow=ok, state="running") == 0
-
-    def grew(name: str, **labels: str) -> float:
-        return total(after, name, **labels) - total(before, name, **labels)
-
+    assert value(after, "gleitzeit_runs_started_total", workflow="ok") == 2
+    assert value(after, "gleitzeit_runs_started_total", workflow="bad") == 1
+    assert value(after, "gleitzeit_runs_ended_total", workflow="ok", state="succeeded") == 2
+    assert value(after, "gleitzeit_runs_ended_total", workflow="bad", state="failed") == 1
+    assert total(after, "gleitzeit_runs_ended_total") == 3
+    assert value(after, "gleitzeit_runs", workflow="ok", state="running") == 0
+    assert total(after, "gleitzeit_tasks") == 0
     # two chains of three and a task that failed after its parent: 8 attempts
-    assert grew("gleitzeit_task_attempts_total", task="tests.value", outcome="succeeded") == 3
-    assert grew("gleitzeit_task_attempts_total", task="tests.add", outcome="succeeded") == 4
-    assert grew("gleitzeit_task_attempts_total", task="tests.fail", outcome="failed") == 1
-    assert grew("gleitzeit_task_attempts_total") == 8
-    assert grew("gleitzeit_dispatches_total") == 8
-    assert grew("gleitzeit_task_retries_total") == 0
+    assert (
+        value(after, "gleitzeit_task_attempts_total", task="tests.value", outcome="succeeded") == 3
+    )
+    assert value(after, "gleitzeit_task_attempts_total", task="tests.add", outcome="succeeded") == 4
+    assert value(after, "gleitzeit_task_attempts_total", task="tests.fail", outcome="failed") == 1
+    assert total(after, "gleitzeit_task_attempts_total") == 8
+    assert value(after, "gleitzeit_dispatches_total") == 8
+    assert value(after, "gleitzeit_republishes_total") == 0
+    assert total(after, "gleitzeit_task_retries_total") == 0
     # edges released: a->b and b->c of each chain, a->bad; and the three roots, made ready
     # by their run's submit
     edges_released, roots = 5, 3
-    assert grew("gleitzeit_resolution_latency_seconds_count") == edges_released + roots
-    assert grew("gleitzeit_resolution_latency_seconds_bucket", le="+Inf") == 8
-    assert grew("gleitzeit_queue_wait_seconds_count") == 8
-    assert grew("gleitzeit_task_duration_seconds_count") == 8
-    assert grew("gleitzeit_task_duration_seconds_count", task="tests.add") == 4
-    assert grew("gleitzeit_resolution_latency_seconds_sum") > 0
+    assert value(after, "gleitzeit_resolution_latency_seconds_count") == edges_released + roots
+    assert value(after, "gleitzeit_resolution_latency_seconds_bucket", le="+Inf") == 8
+    assert value(after, "gleitzeit_resolution_latency_seconds_sum") > 0
+    assert total(after, "gleitzeit_queue_wait_seconds_count") == 8
+    assert total(after, "gleitzeit_task_duration_seconds_count") == 8
+    assert value(after, "gleitzeit_task_duration_seconds_count", task="tests.add") == 4
 
 
 @pytest.mark.parametrize("where", ["sqlite", "postgresql"])

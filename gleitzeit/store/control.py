@@ -201,7 +201,7 @@ def cancel(conn: Connection, run_id: str, by: str) -> Controlled:
                 "type": "task_cancelled",
                 "task_id": row.task_id,
                 "attempt": row.attempt or None,
-                "data": codec.dumps({"by": f"the run was cancelled by {by}"}),
+                "data": codec.dumps({"by": by}),
             }
             for row in cancelled
         ],

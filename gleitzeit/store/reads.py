@@ -8,11 +8,12 @@ from sqlalchemy import Connection, and_, bindparam, select
 
 from gleitzeit import codec
 from gleitzeit.errors import RunNotFound
-from gleitzeit.states import RunState, TaskState
+from gleitzeit.states import FINAL_TASK_STATES, RunState, TaskState
 from gleitzeit.store.records import (
     AttemptRecord,
     DispatchRecord,
     EventRecord,
+    FinishedTask,
     RunProgress,
     RunRecord,
     TaskRecord,
@@ -68,6 +69,58 @@ def list_runs(
     if name is not None:
         query = query.where(runs.c.name == name)
     return [_run_record(row) for row in conn.execute(query)]
+
+
+#: the tasks that ended other than by a success, whose attempt rows do not say so
+_ENDED_OTHERWISE = sorted(s.value for s in FINAL_TASK_STATES if s is not TaskState.SUCCEEDED)
+
+#: successes since ``:since``, from the attempts' rows (a success's has no traceback, so
+#: reading its ``finished_at`` follows no overflow page on SQLite), still the task's own
+_SUCCEEDED_SINCE = (
+    select(attempts.c.task_id, attempts.c.attempt, attempts.c.finished_at)
+    .select_from(
+        attempts.join(
+            tasks,
+            and_(
+                tasks.c.run_id == attempts.c.run_id,
+                tasks.c.task_id == attempts.c.task_id,
+                tasks.c.attempt == attempts.c.attempt,
+            ),
+        )
+    )
+    .where(
+        attempts.c.run_id == bindparam("r"),
+        attempts.c.state == TaskState.SUCCEEDED.value,
+        attempts.c.finished_at >= bindparam("since"),
+        state_in([TaskState.SUCCEEDED.value]),
+    )
+)
+
+#: every other end since ``:since``: failed, skipped, blocked, cancelled (the state, an early
+#: column, rules a row out before its ``finished_at``, after the large values, is read)
+_ENDED_SINCE = select(tasks.c.task_id, tasks.c.state, tasks.c.attempt, tasks.c.finished_at).where(
+    tasks.c.run_id == bindparam("r"),
+    state_in(_ENDED_OTHERWISE),
+    tasks.c.finished_at >= bindparam("since"),
+)
+
+
+def get_finished(conn: Connection, run_id: str, since: float) -> list[FinishedTask]:
+    """The run's tasks that ended at or after ``since`` (the database's clock), in order.
+
+    For a caller following a run: it reads the run's attempt and task rows by primary key,
+    their first columns only, and returns only what ended since its last look.
+    """
+    params = {"r": run_id, "since": since}
+    found = [
+        FinishedTask(row.task_id, TaskState.SUCCEEDED, row.attempt, row.finished_at)
+        for row in conn.execute(_SUCCEEDED_SINCE, params)
+    ]
+    found += [
+        FinishedTask(row.task_id, TaskState(row.state), row.attempt, row.finished_at)
+        for row in conn.execute(_ENDED_SINCE, params)
+    ]
+    return sorted(found, key=lambda f: (f.finished_at, f.task_id))
 
 
 def get_tasks(

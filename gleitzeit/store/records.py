@@ -6,6 +6,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from gleitzeit.schedules import Cron
 from gleitzeit.states import RunState, TaskState
 
 _MESSAGE_NAMESPACE = uuid.UUID("6f1c3f0e-6c55-4f4e-9a43-6c1e3a0c2b7d")
@@ -122,6 +123,15 @@ class RunProgress:
     tasks_total: int
     tasks_unfinished: int
     tasks_failed: int
+
+
+class FinishedTask(NamedTuple):
+    """A task that ended, and when (the database's clock): what following a run reads."""
+
+    task_id: str
+    state: TaskState
+    attempt: int
+    finished_at: float
 
 
 @dataclass(frozen=True)
@@ -254,3 +264,80 @@ class RunCount(NamedTuple):
     unfinished: int
     failed: int
     retries: int
+
+
+@dataclass(frozen=True)
+class ScheduleDefinition:
+    """A schedule as ``Store.add_schedule`` stores it: checked, its workflow in data form."""
+
+    name: str
+    cron: str
+    timezone: str
+    workflow: str
+    graph: str
+    graph_hash: str
+    inputs: str
+    inputs_hash: str
+    catchup: bool
+    key_prefix: str
+    #: the first slot to fire (epoch seconds)
+    first_slot: float
+
+
+@dataclass(frozen=True)
+class ScheduleRecord:
+    """A stored schedule, with when it fires next, when it fired last and how that run is."""
+
+    name: str
+    cron: str
+    timezone: str
+    workflow: str
+    graph: dict[str, Any]
+    inputs: dict[str, Any]
+    catchup: bool
+    key_prefix: str
+    paused: bool
+    #: the earliest slot not fired yet (epoch seconds)
+    next_slot: float
+    last_slot: float | None
+    last_run_id: str | None
+    #: the state of the last slot's run, ``None`` before the first
+    last_run_state: RunState | None
+    created_at: float
+
+    @property
+    def next_at(self) -> str:
+        """The next slot's local time in the schedule's zone, ISO 8601 with the offset."""
+        return Cron(self.cron, self.timezone).iso(self.next_slot)
+
+    @property
+    def last_at(self) -> str | None:
+        """The last fired slot's time as ``next_at`` gives it, ``None`` before the first."""
+        if self.last_slot is None:
+            return None
+        return Cron(self.cron, self.timezone).iso(self.last_slot)
+
+
+@dataclass(frozen=True)
+class DueSchedule:
+    """A schedule whose next slot has come, as a tick found it, with the tick's time."""
+
+    name: str
+    cron: str
+    timezone: str
+    graph: str
+    inputs: str
+    catchup: bool
+    key_prefix: str
+    next_slot: float
+    now: float
+
+
+@dataclass(frozen=True)
+class FiredSlots:
+    """What claiming a schedule's due slots did: whether this tick won them, the run of
+    each slot (one a key already named included), and the attempts to publish."""
+
+    claimed: bool
+    run_ids: list[str] = field(default_factory=list)
+    dispatches: list[Dispatch] = field(default_factory=list)

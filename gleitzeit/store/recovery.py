@@ -3,16 +3,21 @@
 ``Store.reconcile_run``, ``Store.attempt_lost`` and ``Store.set_aside`` run these in their
 transaction; every repair re-checks, in its own conditional ``UPDATE``, the condition the
 sweep (:mod:`gleitzeit.store.sweep`) found, so a finding made stale by normal progress or by
-another reconciler changes nothing.
+another reconciler changes nothing. Every repair applied is an event of the run's history,
+written by the same transaction, ``by`` :data:`RECONCILER` (a repair lost to a race writes
+none).
 """
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from sqlalchemy import Connection, exists, func, select, update
 
-from gleitzeit.policy import Backoff, compute_backoff
+from gleitzeit import codec
+from gleitzeit.errors import RunFailed, WorkerLost
+from gleitzeit.policy import Backoff, compute_backoff, type_name
 from gleitzeit.states import FINAL_TASK_STATES, RunState, TaskState, run_sources, task_moves
 from gleitzeit.store import failures, steps, sweep
 from gleitzeit.store.records import Dispatch, ErrorInfo, Recorded, Repair, RunCount, StuckRun
@@ -26,6 +31,13 @@ from gleitzeit.store.tables import (
     state_in,
     tasks,
 )
+
+#: the error types a task's error is recorded with when the reconciler gives it up
+_WORKER_LOST = type_name(WorkerLost)
+_RUN_FAILED = type_name(RunFailed)
+
+#: who made a repair, in its event's ``by``
+RECONCILER = "the reconciler"
 
 
 def lose(
@@ -48,14 +60,18 @@ def lose(
     ).one_or_none()
     if row is None:
         return Recorded(False)
+    data: dict[str, Any] = {"reason": reason, "lost": row.lost, "max_lost": max_lost}
+    if expired_only:
+        data["by"] = RECONCILER
+    steps.event(conn, run_id, f"{task_id}:{attempt}:lost", "task_lost", task_id, attempt, data=data)
     if row.lost >= max_lost:
         error = ErrorInfo(
-            "gleitzeit.WorkerLost",
+            _WORKER_LOST,
             f"gave up after the worker running this task was lost {row.lost} times "
             f"(killed, out of memory, or stopped without finishing); last: {reason}",
         )
         return failures.fail(conn, run_id, task_id, attempt, error, by_task=False)
-    error = ErrorInfo("gleitzeit.WorkerLost", f"{reason} (lost {row.lost} of {max_lost})")
+    error = ErrorInfo(_WORKER_LOST, f"{reason} (lost {row.lost} of {max_lost})")
     return failures.retry(conn, run_id, task_id, attempt, error, 0.0, by_task=False)
 
 
@@ -72,7 +88,7 @@ def reconcile(
     if steps.lock_run(conn, stuck.run_id) is not RunState.RUNNING:
         return repair  # paused, cancelled or ended since it was found
     if stuck.finished:
-        compensations = finalize(conn, stuck.run_id)
+        compensations = finalize(conn, stuck.run_id, why=_UNMARKED)
         if compensations is not None:
             repair.dispatches.extend(compensations)
             _count(repair, "finished", 1)
@@ -84,11 +100,11 @@ def reconcile(
             _count(repair, "stalled", 1)
     if repair.applied:
         return repair
-    found = steps.claim(conn, stuck.run_id, stuck.ready)
+    found = steps.claim(conn, stuck.run_id, stuck.ready, why=_claimed)
     repair.dispatches.extend(found)
     _count(repair, "claimed", len(found))
     for task_id, attempt in stuck.unstarted:
-        found = redispatch(conn, stuck.run_id, task_id, attempt)
+        found = redispatch(conn, stuck.run_id, task_id, attempt, by=RECONCILER)
         repair.dispatches.extend(found)
         _count(repair, "redispatched", len(found))
     for task_id, attempt in stuck.lost:
@@ -111,6 +127,28 @@ def _count(repair: Repair, kind: str, n: int | bool) -> None:
         repair.applied[kind] = repair.applied.get(kind, 0) + int(n)
 
 
+#: why the reconciler ended a run, in its end's event
+_UNMARKED = {"by": RECONCILER, "reason": "every task had ended; the run was not marked ended"}
+
+
+def _claimed(d: Dispatch) -> dict[str, Any]:
+    return _repaired(d.run_id, d.task_id, d.attempt, "claimed", reason="ready and never queued")
+
+
+def _repaired(
+    run_id: str, task_id: str, attempt: int, what: str, *, key: str = "", **data: Any
+) -> dict[str, Any]:
+    """The event row of the reconciler's repair ``what`` of an attempt."""
+    return {
+        "run_id": run_id,
+        "key": f"{task_id}:{attempt}:{what}{key}",
+        "type": f"task_{what}",
+        "task_id": task_id,
+        "attempt": attempt,
+        "data": codec.dumps({"by": RECONCILER, **data}),
+    }
+
+
 def redispatch(
     conn: Connection,
     run_id: str,
@@ -119,6 +157,7 @@ def redispatch(
     *,
     why: str = "unstarted",
     reason: str = "its message was not started within the dispatch timeout",
+    by: str | None = None,
 ) -> list[Dispatch]:
     """A new attempt for one whose message was published and never started."""
     row = conn.execute(
@@ -148,7 +187,7 @@ def redispatch(
         "task_redispatched",
         task_id,
         attempt,
-        data={"reason": reason},
+        data={"reason": reason, **({"by": by} if by else {})},
     )
     found = [steps.dispatch_of(run_id, task_id, attempt + 1, row.options)]
     steps.write_dispatches(conn, found)
@@ -156,8 +195,13 @@ def redispatch(
 
 
 def claim_unpublished(conn: Connection, stuck: StuckRun, republish_after: float) -> list[Dispatch]:
-    """Take unpublished ledger rows to publish again; another reconciler will not."""
+    """Take unpublished ledger rows to publish again; another reconciler will not.
+
+    Each row taken is a ``task_republished`` event (a row may be taken again, when its
+    publish failed too: each time is an event of its own), all in one insert.
+    """
     found = []
+    taken = []
     for task_id, attempt in stuck.unpublished:
         row = conn.execute(
             update(dispatches)
@@ -169,11 +213,19 @@ def claim_unpublished(conn: Connection, stuck: StuckRun, republish_after: float)
             )
             .values(claimed_at=db_now())
             .returning(
-                (dispatches.c.created_at + dispatches.c.countdown - db_now()).label("due_in")
+                (dispatches.c.created_at + dispatches.c.countdown - db_now()).label("due_in"),
+                (db_now() - dispatches.c.created_at).label("waited"),
             )
         ).one_or_none()
         if row is None:
             continue
+        reason = f"left unpublished for {float(row.waited):.1f} s (the broker was down, or "
+        reason += "its publisher stopped before it published)"
+        taken.append(
+            _repaired(
+                stuck.run_id, task_id, attempt, "republished", key=f":{uuid.uuid4()}", reason=reason
+            )
+        )
         options = conn.execute(
             select(tasks.c.options).where(
                 tasks.c.run_id == stuck.run_id, tasks.c.task_id == task_id
@@ -181,11 +233,14 @@ def claim_unpublished(conn: Connection, stuck: StuckRun, republish_after: float)
         ).scalar_one()
         countdown = max(0.0, float(row.due_in))
         found.append(steps.dispatch_of(stuck.run_id, task_id, attempt, options, countdown))
+    steps.events(conn, taken)
     return found
 
 
-def finalize(conn: Connection, run_id: str) -> list[Dispatch] | None:
-    """End a run whose tasks are all final, by what its tasks say.
+def finalize(
+    conn: Connection, run_id: str, *, why: dict[str, Any] | None = None
+) -> list[Dispatch] | None:
+    """End a run whose tasks are all final, by what its tasks say (``why``: for its event).
 
     Returns the compensations to publish when it failed and has some to run, else
     ``None`` when the run was not ended by this call.
@@ -206,7 +261,7 @@ def finalize(conn: Connection, run_id: str) -> list[Dispatch] | None:
     if row is None:
         return None
     count = RunCount(RunState(row.state), 0, failed, row.retries)
-    return steps.end_if_done(conn, run_id, count)
+    return steps.end_if_done(conn, run_id, count, why=why)
 
 
 def fail_run(
@@ -239,7 +294,7 @@ def fail_run(
         )
         .values(
             state=TaskState.FAILED.value,
-            error_type="gleitzeit.RunFailed",
+            error_type=_RUN_FAILED,
             error_message=reason,
             lease_until=None,
             finished_at=db_now(),
@@ -251,7 +306,7 @@ def fail_run(
         .where(attempts.c.run_id == run_id, attempts.c.state == TaskState.RUNNING.value)
         .values(
             state=TaskState.FAILED.value,
-            error_type="gleitzeit.RunFailed",
+            error_type=_RUN_FAILED,
             error_message=reason,
             finished_at=db_now(),
         )
@@ -269,7 +324,7 @@ def fail_run(
         # counted first: the run ends failed when its last compensation is done
         # (steps.end_if_done reads the count)
         conn.execute(update(runs).where(runs.c.id == run_id).values(tasks_failed=count.failed))
-        compensations = steps.compensate(conn, run_id, count, reason=reason)
+        compensations = steps.compensate(conn, run_id, count, by=RECONCILER, reason=reason)
         if compensations is not None:
             return compensations
     conn.execute(
@@ -277,7 +332,13 @@ def fail_run(
         .where(runs.c.id == run_id)
         .values(state=RunState.FAILED.value, tasks_failed=count.failed, finished_at=db_now())
     )
-    steps.event(conn, run_id, f"run:{run.retries}:failed", "run_failed", data={"reason": reason})
+    steps.event(
+        conn,
+        run_id,
+        f"run:{run.retries}:failed",
+        "run_failed",
+        data={"by": RECONCILER, "reason": reason},
+    )
     return []
 
 
@@ -303,7 +364,7 @@ def set_aside(
         run_id,
         f"run:{found.retries}:set-aside:{failures}",
         "run_set_aside",
-        data={"error": error, "failures": failures, "retry_in": retry_in},
+        data={"by": RECONCILER, "error": error, "failures": failures, "retry_in": retry_in},
     )
     if failures < max_failures:
         return False

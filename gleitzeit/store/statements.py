@@ -332,14 +332,18 @@ SELECT pg_current_xact_id() AS transaction,
 #: per task) and its ``run_submitted`` event, claims the roots (``:waiting_on`` 0: inserted
 #: queued, on attempt 1, as ``CLAIM`` leaves them) with their ledger rows, and returns them;
 #: one row with ``created = 0`` and nothing else when ``:key`` names a run already. Its
-#: commit waits for the disk, as every submit's: the run exists once this returns.
+#: commit waits for the disk, as every submit's: the run exists once this returns. Every row
+#: is stamped with one instant: PostgreSQL runs the CTEs nothing reads at the end, in an order
+#: of its own, so with each reading the clock itself the roots' ledger rows (their
+#: ``task_queued``) were stamped before the ``run_submitted`` event.
 PG_CREATE_RUN = text(
     f"""
-WITH run AS (
+WITH now AS MATERIALIZED (SELECT {_NOW} AS at
+), run AS (
     INSERT INTO gz_runs (id, name, key, state, graph_hash, inputs_hash, tasks_total,
                          tasks_unfinished, tasks_failed, created_at, updated_at)
     VALUES (:id, :name, :key, '{RunState.RUNNING.value}', :graph_hash, :inputs_hash, :total,
-            :total, 0, {_NOW}, {_NOW})
+            :total, 0, (SELECT at FROM now), (SELECT at FROM now))
     ON CONFLICT (key) DO NOTHING
     RETURNING id
 ), definition AS (
@@ -352,7 +356,7 @@ WITH run AS (
             THEN '{TaskState.QUEUED.value}' ELSE '{TaskState.PENDING.value}' END,
         CASE WHEN t.waiting_on = 0 THEN 1 ELSE 0 END,
         t.waiting_on, t.params, t.sources, t.children, t.options, 0,
-        CASE WHEN t.waiting_on = 0 THEN {_NOW} END, {_NOW}
+        CASE WHEN t.waiting_on = 0 THEN (SELECT at FROM now) END, (SELECT at FROM now)
     FROM run, unnest(CAST(:task_ids AS text[]), CAST(:names AS text[]),
                      CAST(:waiting_on AS int[]), CAST(:params AS text[]),
                      CAST(:sources AS text[]), CAST(:children AS text[]),
@@ -363,11 +367,12 @@ WITH run AS (
     SELECT task_id, attempt, options FROM created WHERE attempt = 1
 ), submitted AS (
     INSERT INTO gz_events (run_id, key, type, data, created_at)
-    SELECT id, 'run:submitted', 'run_submitted', :event_data, {_NOW} FROM run
+    SELECT id, 'run:submitted', 'run_submitted', :event_data, (SELECT at FROM now) FROM run
 ), ledger AS (
     INSERT INTO gz_dispatches (run_id, task_id, attempt, queue, countdown, publish_count,
                                created_at)
-    SELECT :id, task_id, attempt, options::json ->> 'queue', 0, 0, {_NOW} FROM claimed
+    SELECT :id, task_id, attempt, options::json ->> 'queue', 0, 0, (SELECT at FROM now)
+    FROM claimed
 )
 SELECT (SELECT count(*) FROM run) AS created, claimed.task_id, claimed.attempt, claimed.options
 FROM (SELECT 1) AS one LEFT JOIN claimed ON true

@@ -8,7 +8,7 @@ conditional statement; the caller's transaction makes them one change.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from sqlalchemy import Connection, insert, select, update
@@ -23,12 +23,24 @@ from gleitzeit.workflow import ON_FAILURE_BLOCK
 # -- claims and the dispatch ledger --------------------------------------------------------
 
 
-def claim(conn: Connection, run_id: str, task_ids: Sequence[str]) -> list[Dispatch]:
-    """Claim the tasks of ``task_ids`` that are pending with nothing to wait on."""
+def claim(
+    conn: Connection,
+    run_id: str,
+    task_ids: Sequence[str],
+    *,
+    why: Callable[[Dispatch], dict[str, Any]] | None = None,
+) -> list[Dispatch]:
+    """Claim the tasks of ``task_ids`` that are pending with nothing to wait on.
+
+    ``why``: the event row of each claim, written before its ledger row (its
+    ``task_queued``), so that the history tells why before what.
+    """
     if not task_ids:
         return []
     claimed = conn.execute(statements.CLAIM, {"r": run_id, "ids": id_list(task_ids)}).all()
     found = dispatches_of(run_id, claimed)
+    if why is not None:
+        events(conn, [why(d) for d in found])
     write_dispatches(conn, found)
     return found
 
@@ -152,20 +164,33 @@ def count_finished(conn: Connection, run_id: str, *, finished: int, failed: int)
     return RunCount(RunState(row.state), row.tasks_unfinished, row.tasks_failed, row.retries)
 
 
-def end_if_done(conn: Connection, run_id: str, count: RunCount) -> list[Dispatch]:
-    """End the run when no task is left; a failed one first runs its compensations."""
+def end_if_done(
+    conn: Connection, run_id: str, count: RunCount, *, why: dict[str, Any] | None = None
+) -> list[Dispatch]:
+    """End the run when no task is left; a failed one first runs its compensations.
+
+    ``why``: who ended it and why, for the event (``by`` and ``reason``), when not its
+    last task's outcome (the reconciler found it ended and not marked).
+    """
     if count.unfinished > 0:
         return []
     if count.failed:
-        compensating = compensate(conn, run_id, count)
+        compensating = compensate(conn, run_id, count, **(why or {}))
         if compensating is not None:
             return compensating
     final = RunState.FAILED if count.failed else RunState.SUCCEEDED
-    end_run(conn, run_id, final, count.retries)
+    end_run(conn, run_id, final, count.retries, data=why)
     return []
 
 
-def end_run(conn: Connection, run_id: str, final: RunState, retries: int) -> bool:
+def end_run(
+    conn: Connection,
+    run_id: str,
+    final: RunState,
+    retries: int,
+    *,
+    data: dict[str, Any] | None = None,
+) -> bool:
     """End the run ``final``; ``False`` when it could not move there (ended already)."""
     ended = conn.execute(
         update(runs)
@@ -173,18 +198,23 @@ def end_run(conn: Connection, run_id: str, final: RunState, retries: int) -> boo
         .values(state=final.value, finished_at=db_now())
     ).rowcount
     if ended:
-        event(conn, run_id, f"run:{retries}:{final.value}", f"run_{final.value}")
+        event(conn, run_id, f"run:{retries}:{final.value}", f"run_{final.value}", data=data)
     return bool(ended)
 
 
 def compensate(
-    conn: Connection, run_id: str, count: RunCount, *, reason: str | None = None
+    conn: Connection,
+    run_id: str,
+    count: RunCount,
+    *,
+    by: str = "the run failed",
+    reason: str | None = None,
 ) -> list[Dispatch] | None:
     """Start the saga's compensations, or ``None`` when there is nothing to undo.
 
     Each compensation is a task of the run that waits for the one before it, and
-    runs whether that one succeeded or failed. ``reason``: why the run failed, when not
-    by its tasks (the reconciler found it stalled).
+    runs whether that one succeeded or failed. ``by`` and ``reason``: who failed the run
+    and why, when not its tasks (the reconciler found it stalled).
     """
     rows = conn.execute(
         select(*TASK_VIEW_COLUMNS, tasks.c.params, tasks.c.sources).where(tasks.c.run_id == run_id)
@@ -228,7 +258,7 @@ def compensate(
         run_id,
         f"run:{count.retries}:compensating",
         "run_compensating",
-        data={"by": "the run failed", "order": order, **({"reason": reason} if reason else {})},
+        data={"by": by, "order": order, **({"reason": reason} if reason else {})},
     )
     if count.state is not RunState.RUNNING:
         return []

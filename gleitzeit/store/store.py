@@ -24,6 +24,7 @@ from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random
 from gleitzeit import codec
 from gleitzeit.errors import IdempotencyConflict, StorageFailure
 from gleitzeit.policy import Backoff
+from gleitzeit.schedules import Cron
 from gleitzeit.settings import Settings
 from gleitzeit.states import (
     RunState,
@@ -37,6 +38,7 @@ from gleitzeit.store import (
     processes,
     reads,
     recovery,
+    schedules,
     statements,
     steps,
     sweep,
@@ -45,8 +47,11 @@ from gleitzeit.store.engine import engine_for
 from gleitzeit.store.migrate import ensure_schema
 from gleitzeit.store.records import (
     DispatchRecord,
+    DueSchedule,
     ErrorInfo,
     EventRecord,
+    FinishedTask,
+    FiredSlots,
     Holder,
     Published,
     Recorded,
@@ -54,6 +59,8 @@ from gleitzeit.store.records import (
     RunPlan,
     RunProgress,
     RunRecord,
+    ScheduleDefinition,
+    ScheduleRecord,
     StartedAttempt,
     StuckRun,
     Submitted,
@@ -641,6 +648,83 @@ class Store:
         """Reopen an ended run as ``request`` says; returns the attempts to publish."""
         return self._transaction(lambda conn: control.retry(conn, run_id, request))
 
+    # -- schedules -----------------------------------------------------------------------
+
+    def add_schedule(self, definition: ScheduleDefinition) -> bool:
+        """Store a schedule; ``False`` when the same one is stored already.
+
+        Raises :class:`ScheduleConflict` when its name is taken by another definition.
+        """
+        return self._transaction(lambda conn: schedules.add(conn, definition))
+
+    def remove_schedule(self, name: str) -> None:
+        """Delete a schedule (its runs stay); raises :class:`ScheduleNotFound`."""
+        self._transaction(lambda conn: schedules.remove(conn, name))
+
+    def pause_schedule(self, name: str) -> bool:
+        """Fire nothing more until resumed; ``False`` when it was paused already."""
+        return self._transaction(lambda conn: schedules.pause(conn, name))
+
+    def resume_schedule(self, name: str) -> bool:
+        """Fire again from the first slot after now (the slots passed while paused are not
+        fired); ``False`` when it was not paused."""
+
+        def work(conn: Connection) -> bool:
+            row = schedules.locked_row(conn, name)
+            if not row.paused:
+                return False
+            following = Cron(row.cron, row.timezone).next_after(row.now)
+            return schedules.resume(conn, name, following)
+
+        return self._transaction(work)
+
+    def list_schedules(self, name: str | None = None) -> list[ScheduleRecord]:
+        """Every schedule by name (or only the one named), with its last run's state."""
+        return self._transaction(lambda conn: schedules.records(conn, name), read=True)
+
+    def find_due_schedules(
+        self, *, now: float | None = None, limit: int = 500
+    ) -> list[DueSchedule]:
+        """Schedules whose next slot has come by ``now`` (default: the database's clock)."""
+        return self._transaction(lambda conn: schedules.find_due(conn, now, limit), read=True)
+
+    def fire_schedule(
+        self, name: str, *, due: float, following: float, last: float, plans: Sequence[RunPlan]
+    ) -> FiredSlots:
+        """Claim a schedule's slots from ``due`` (its next slot as read) and insert their
+        runs, in one transaction; nothing when another tick claimed them first.
+
+        The schedule moves on to ``following``, ``last`` being the last slot fired. A
+        slot's run key naming a run already (another definition's, after the schedule was
+        removed and added again) counts as that slot's run.
+        """
+
+        def work(conn: Connection) -> FiredSlots:
+            if not schedules.claim(conn, name, due, following, last):
+                return FiredSlots(False)
+            run_ids: list[str] = []
+            claimed = []
+            for plan in plans:
+                try:
+                    submitted = self._create_run(conn, plan)
+                except IdempotencyConflict as exc:
+                    log.warning("schedule %s: %s; counted as the slot's run", name, exc)
+                    run_ids.append(exc.run_id)
+                    continue
+                run_ids.append(submitted.run_id)
+                claimed += submitted.dispatches
+            if run_ids:
+                schedules.set_last_run(conn, name, run_ids[-1])
+            return FiredSlots(True, run_ids, claimed)
+
+        return self._transaction(work)
+
+    def now(self) -> float:
+        """The database's clock, in epoch seconds."""
+        return float(
+            self._transaction(lambda conn: conn.execute(select(db_now())).scalar_one(), read=True)
+        )
+
     # -- reads ---------------------------------------------------------------------------
 
     def get_run(self, run_id: str) -> RunRecord:
@@ -661,6 +745,16 @@ class Store:
         return self._transaction(
             lambda conn: reads.get_tasks(conn, run_id, with_attempts=with_attempts), read=True
         )
+
+    def get_finished(self, run_id: str, since: float) -> tuple[RunProgress, list[FinishedTask]]:
+        """The run's state and counts, and its tasks that ended at or after ``since`` (the
+        database's clock), read after them: a run found ended has every end in the list."""
+
+        def work(conn: Connection) -> tuple[RunProgress, list[FinishedTask]]:
+            progress = reads.get_progress(conn, run_id)
+            return progress, reads.get_finished(conn, run_id, since)
+
+        return self._transaction(work, read=True)
 
     def get_events(self, run_id: str) -> list[EventRecord]:
         return self._transaction(lambda conn: reads.get_events(conn, run_id), read=True)

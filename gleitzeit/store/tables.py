@@ -13,6 +13,7 @@ from typing import Any
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Float,
     Index,
@@ -50,6 +51,26 @@ def _pg_now(element: db_now, compiler: Any, **kw: Any) -> str:
 
 @compiles(db_now, "sqlite")
 def _sqlite_now(element: db_now, compiler: Any, **kw: Any) -> str:
+    return "((julianday('now') - 2440587.5) * 86400.0)"
+
+
+class db_statement_now(FunctionElement[float]):
+    """The database's time in epoch seconds, one value for the whole statement, so that
+    an index can serve a comparison with it (PostgreSQL: the transaction's start, since
+    ``clock_timestamp()`` is volatile and is compared row by row)."""
+
+    type = Float()
+    inherit_cache = True
+
+
+@compiles(db_statement_now, "postgresql")
+def _pg_statement_now(element: db_statement_now, compiler: Any, **kw: Any) -> str:
+    return "extract(epoch from now())::float8"
+
+
+@compiles(db_statement_now, "sqlite")
+def _sqlite_statement_now(element: db_statement_now, compiler: Any, **kw: Any) -> str:
+    # 'now' is one value for the whole statement in SQLite
     return "((julianday('now') - 2440587.5) * 86400.0)"
 
 
@@ -144,7 +165,7 @@ attempts = Table(
     Column("traceback", Text, nullable=True),
     Column("started_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
-    # the metrics exporter reads the attempts ended since its last scrape (0008)
+    # the metrics exporter reads the attempts ended since its last scrape (0009)
     Index("ix_gz_attempts_finished", "finished_at"),
 )
 
@@ -183,7 +204,7 @@ events = Table(
 )
 
 #: the processes of a deployment, each as it was last seen: one row per worker (by its
-#: Celery hostname) and one for the reconciler; health checks and metrics read them (0008)
+#: Celery hostname) and one for the reconciler; health checks and metrics read them (0009)
 processes = Table(
     "gz_processes",
     metadata,
@@ -199,6 +220,33 @@ processes = Table(
     Column("started_at", Float, nullable=False),
     Column("last_seen", Float, nullable=False),
     Index("ix_gz_processes_kind_seen", "kind", "last_seen"),
+)
+
+#: schedules (``client.schedule``): a workflow, in its data form, fired at the slots of a
+#: cron expression. ``next_slot`` is the earliest slot not fired yet (epoch seconds); a
+#: tick claims it by moving it on, conditional on the value it read (migration 0008)
+schedules = Table(
+    "gz_schedules",
+    metadata,
+    Column("name", String(200), primary_key=True),
+    Column("cron", String(255), nullable=False),
+    Column("timezone", String(64), nullable=False),
+    Column("workflow", String(200), nullable=False),
+    Column("graph", Text, nullable=False),
+    Column("graph_hash", String(64), nullable=False),
+    Column("inputs", Text, nullable=False),
+    Column("inputs_hash", String(64), nullable=False),
+    Column("catchup", Boolean, nullable=False),
+    # the runs' keys are "<key_prefix>:<slot's ISO time>"
+    Column("key_prefix", String(200), nullable=False),
+    Column("paused", Boolean, nullable=False),
+    Column("next_slot", Float, nullable=False),
+    Column("last_slot", Float, nullable=True),
+    Column("last_run_id", String(36), nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    # a tick with nothing due is one search of this index
+    Index("ix_gz_schedules_due", "paused", "next_slot"),
 )
 
 

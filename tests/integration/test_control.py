@@ -1,6 +1,6 @@
 """When tasks fail, and run control, on real Celery workers, redis-server and both stores.
 
-Skip, alternatives, sagas, workflow retries, cancel, pause and resume (SPEC 2-4). Side
+Skip, alternatives, sagas, workflow retries, cancel, pause and resume. Side
 effects are mark files (``tests.tasks``), so counts prove what ran and how often.
 """
 

@@ -1,4 +1,4 @@
-"""One dispatch per attempt and one outcome per attempt, under real races (SPEC 3)."""
+"""One dispatch per attempt and one outcome per attempt, under real races."""
 
 from __future__ import annotations
 

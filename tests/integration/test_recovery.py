@@ -1,4 +1,4 @@
-"""Every run ends after real faults (SPEC 4): killed workers, lost messages, a lost database.
+"""Every run ends after real faults: killed workers, lost messages, a lost database.
 
 Each test starts its own redis-server, store, Celery workers and beat, with recovery
 timeouts shortened (``FAST``) so that the suite stays within minutes. Each asserts that

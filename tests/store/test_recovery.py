@@ -7,14 +7,14 @@ import time
 from collections import Counter
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import delete, update
 
 from gleitzeit import RunState, TaskState, Workflow
 from gleitzeit.client import plan_run
 from gleitzeit.policy import Backoff
 from gleitzeit.store import ErrorInfo, Store
 from gleitzeit.store.records import Dispatch, Holder, Published, Repair, StuckRun
-from gleitzeit.store.tables import dispatches, runs, tasks
+from gleitzeit.store.tables import dispatches, events, runs, tasks
 from tests.store.test_store import start_and_succeed
 
 NOW = {"republish_after": 0.0, "dispatch_timeout": 0.0, "stall_timeout": 3600.0}
@@ -43,6 +43,20 @@ def repair(store: Store, stuck: StuckRun, *, republish_after: float = 0.0) -> Re
     )
 
 
+def repairs(store: Store, run_id: str) -> list[tuple[str, str | None, int | None]]:
+    """The run's events written by the reconciler: (type, task, attempt), in order."""
+    return [
+        (e.type, e.task_id, e.attempt)
+        for e in store.get_events(run_id)
+        if (e.data or {}).get("by") == "the reconciler"
+    ]
+
+
+def reason_of(store: Store, run_id: str, type_: str) -> str:
+    (found,) = [e for e in store.get_events(run_id) if e.type == type_]
+    return str(found.data["reason"])
+
+
 def expire_lease(store: Store, run_id: str, task_id: str) -> None:
     with store.engine.begin() as conn:
         conn.execute(
@@ -65,6 +79,23 @@ def test_a_claim_left_unpublished_is_published_again_by_one_reconciler(store: St
     assert [len(r.republish) for r in done] == [1, 0]  # the second finds it claimed
     assert done[0].republish[0].attempt == 1
     assert stuck_run(store, run_id, republish_after=60.0) is None
+    assert repairs(store, run_id) == [("task_republished", "first", 1)]  # once, not twice
+    assert [e.type for e in store.get_events(run_id)][-1] == "task_republished"
+    assert reason_of(store, run_id, "task_republished").startswith("left unpublished for ")
+
+
+def test_a_row_republished_again_is_an_event_each_time(store: Store) -> None:
+    run_id = submit(store)
+    for _ in range(2):  # the first publish failed too: the row is taken again
+        stuck = stuck_run(store, run_id, republish_after=0.0)
+        assert stuck is not None
+        assert len(repair(store, stuck).republish) == 1
+        with store.engine.begin() as conn:
+            conn.execute(
+                update(dispatches).where(dispatches.c.run_id == run_id).values(claimed_at=0.0)
+            )
+
+    assert repairs(store, run_id) == [("task_republished", "first", 1)] * 2
 
 
 def test_a_published_attempt_that_never_started_gets_a_new_attempt(store: Store) -> None:
@@ -79,7 +110,7 @@ def test_a_published_attempt_that_never_started_gets_a_new_attempt(store: Store)
     assert store.start_attempt(run_id, "first", 1) is None  # the lost message, if it comes
     assert store.start_attempt(run_id, "first", 2) is not None
     assert Counter(row.attempt for row in store.get_dispatches(run_id)) == {1: 1, 2: 1}
-    assert [e.type for e in store.get_events(run_id)].count("task_redispatched") == 1
+    assert repairs(store, run_id) == [("task_redispatched", "first", 1)]
 
 
 def test_an_expired_lease_gives_a_new_attempt_and_fences_the_old_one(store: Store) -> None:
@@ -97,6 +128,21 @@ def test_an_expired_lease_gives_a_new_attempt_and_fences_the_old_one(store: Stor
     task = store.get_tasks(run_id)["first"]
     assert (task.state, task.attempt) == (TaskState.RETRYING, 2)
     assert task.attempts[0].error_type == "gleitzeit.WorkerLost"
+    assert repairs(store, run_id) == [("task_lost", "first", 1)]
+    lost = [e for e in store.get_events(run_id) if e.task_id == "first"]
+    assert [(e.type, e.attempt) for e in lost] == [
+        ("task_queued", 1),
+        ("task_started", 1),
+        ("task_lost", 1),
+        ("task_retrying", 1),
+        ("task_queued", 2),
+    ]
+    assert lost[2].data == {
+        "by": "the reconciler",
+        "reason": "its lease expired",
+        "lost": 1,
+        "max_lost": 3,
+    }
     # the vanished worker comes back after all: its outcome is fenced off
     assert not store.record_success(run_id, "first", 1, "1").recorded
 
@@ -115,6 +161,13 @@ def test_a_task_lost_max_times_fails_and_ends_the_run(store: Store) -> None:
     assert "lost 3 times" in (tasks_["first"].error or "")
     assert tasks_["second"].state is TaskState.BLOCKED
     assert store.get_run(run_id).state is RunState.FAILED
+    # found by a worker, not the reconciler: each loss is in the history all the same
+    lost = [e for e in store.get_events(run_id) if e.type == "task_lost"]
+    assert [(e.attempt, e.data["lost"], "by" in e.data) for e in lost] == [
+        (1, 1, False),
+        (2, 2, False),
+        (3, 3, False),
+    ]
 
 
 def test_renewing_a_lease_stops_working_once_the_attempt_was_given_up(store: Store) -> None:
@@ -133,11 +186,33 @@ def test_a_run_whose_tasks_all_ended_is_marked_by_what_its_tasks_say(store: Stor
     store.record_failure(run_id, "only", 1, ErrorInfo("ValueError", "bad"))
     with store.engine.begin() as conn:  # as if the run's own update had been lost
         conn.execute(update(runs).where(runs.c.id == run_id).values(state="running"))
+        conn.execute(delete(events).where(events.c.run_id == run_id, events.c.type == "run_failed"))
 
     stuck = stuck_run(store, run_id)
     assert stuck is not None and stuck.finished
     assert repair(store, stuck).applied == {"finished": 1}
     assert store.get_run(run_id).state is RunState.FAILED
+    assert repairs(store, run_id) == [("run_failed", None, None)]
+    assert "not marked ended" in reason_of(store, run_id, "run_failed")
+
+
+def test_a_ready_task_never_queued_is_claimed_as_an_event(store: Store) -> None:
+    run_id = submit(store)
+    with store.engine.begin() as conn:  # as if its parent's release had not claimed it
+        conn.execute(
+            update(tasks)
+            .where(tasks.c.run_id == run_id, tasks.c.task_id == "second")
+            .values(waiting_on=0)
+        )
+
+    stuck = stuck_run(store, run_id)
+    assert stuck is not None and stuck.ready == ["second"]
+    assert repair(store, stuck).applied == {"claimed": 1}
+
+    assert repairs(store, run_id) == [("task_claimed", "second", 1)]
+    second = [e.type for e in store.get_events(run_id) if e.task_id == "second"]
+    assert second == ["task_claimed", "task_queued"]  # why, then what
+    assert reason_of(store, run_id, "task_claimed") == "ready and never queued"
 
 
 def test_a_stalled_run_fails_with_the_reason_and_nothing_starts_after(store: Store) -> None:
@@ -155,6 +230,7 @@ def test_a_stalled_run_fails_with_the_reason_and_nothing_starts_after(store: Sto
     states = {t: task.state for t, task in store.get_tasks(run_id).items()}
     assert states == {"first": TaskState.FAILED, "second": TaskState.BLOCKED}
     assert store.start_attempt(run_id, "first", 1) is None
+    assert repairs(store, run_id) == [("run_failed", None, None)]
 
 
 def saga_pair() -> Workflow:
@@ -194,6 +270,7 @@ def test_a_stalled_run_runs_its_compensations_then_ends_failed(store: Store) -> 
     }
     compensating = [e for e in store.get_events(run_id) if e.type == "run_compensating"]
     assert [(e.data or {}).get("reason") for e in compensating] == [run.error]
+    assert repairs(store, run_id) == [("run_compensating", None, None)]
     assert store.start_attempt(run_id, "ship", 1) is None
 
     assert start_and_succeed(store, run_id, "book:compensate", 1, '{"undid": 1}') == []
@@ -227,6 +304,7 @@ def test_a_run_set_aside_to_the_limit_ends_failed_without_its_compensations(
 
     assert store.get_run(run_id).state is RunState.FAILED
     assert set(store.get_tasks(run_id)) == {"book", "ship"}
+    assert repairs(store, run_id) == [("run_set_aside", None, None), ("run_failed", None, None)]
 
 
 def test_a_running_task_with_a_live_lease_is_not_a_stall(store: Store) -> None:
@@ -276,6 +354,7 @@ def test_two_reconcilers_repairing_one_finding_apply_it_once(store: Store) -> No
     assert sum(r.applied.get("lost", 0) for r in repairs) == 20
     for run_id in runs_:
         assert Counter(row.attempt for row in store.get_dispatches(run_id)) == {1: 1, 2: 1}
+        assert [e.type for e in store.get_events(run_id)].count("task_lost") == 1
 
 
 @pytest.mark.parametrize("state", ["succeeded", "failed"])

@@ -307,6 +307,14 @@ def test_the_last_task_of_a_run_ends_it_with_its_success(store: Store) -> None:
     assert [e.type for e in store.get_events(run_id)].count("run_succeeded") == 1
 
 
+def test_a_history_begins_with_the_submit_then_the_roots_queued(store: Store) -> None:
+    # PostgreSQL's one-statement submit stamped the roots' ledger rows before the event
+    for _ in range(5):
+        run_id = store.create_run(plan_run(fan(2), {})).run_id
+        found = [(e.type, e.task_id) for e in store.get_events(run_id)]
+        assert found == [("run_submitted", None), ("task_queued", "start")]
+
+
 def test_an_event_recorded_twice_is_kept_once(store: Store) -> None:
     run_id = store.create_run(plan_run(chain(1), {})).run_id
     store.start_attempt(run_id, "t0", 1)

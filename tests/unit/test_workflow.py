@@ -52,7 +52,7 @@ def daily_report() -> Workflow:
 # -- wf.task and handles ---------------------------------------------------------------
 
 
-def test_the_spec_example_builds_and_validates() -> None:
+def test_the_daily_report_example_builds_and_validates() -> None:
     wf = daily_report()
     wf.validate(inputs={"day": "2026-11-21"})
     assert [spec.id for spec in wf.specs] == ["extract", "clean", "notify", "audit"]
@@ -60,6 +60,12 @@ def test_the_spec_example_builds_and_validates() -> None:
     assert wf.tasks["notify"].depends_on == ("clean",)
     assert wf.tasks["audit"].params == {"rows": "${extract.result}"}
     assert repr(wf) == "Workflow('daily-report', 4 tasks)"
+
+
+def test_the_repr_of_a_workflow_of_one_task_says_task() -> None:
+    wf = Workflow("one")
+    wf.task("only", clean, params={"rows": []})
+    assert repr(wf) == "Workflow('one', 1 task)"
 
 
 def test_wf_task_returns_a_handle_with_the_task_id() -> None:

@@ -8,8 +8,8 @@ checks read them, and the metrics exporter reads the reconciler's counts.
 its last scrape through it, so that a scrape costs what happened since, never a read of
 all history.
 
-Revision ID: 0008
-Revises: 0007
+Revision ID: 0009
+Revises: 0008s
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from __future__ import annotations
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0008"
-down_revision = "0007"
+revision = "0009"
+down_revision = "0008s"
 branch_labels = None
 depends_on = None
 
