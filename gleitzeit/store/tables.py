@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     or_,
+    text,
     update,
 )
 from sqlalchemy.ext.compiler import compiles
@@ -165,8 +166,14 @@ attempts = Table(
     Column("traceback", Text, nullable=True),
     Column("started_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
-    # the metrics exporter reads the attempts ended since its last scrape (0009)
-    Index("ix_gz_attempts_finished", "finished_at"),
+    # the metrics exporter reads the attempts ended since its last scrape (0009); partial:
+    # an attempt's start inserts no entry, only its end does (one index write per attempt)
+    Index(
+        "ix_gz_attempts_finished",
+        "finished_at",
+        sqlite_where=text("finished_at IS NOT NULL"),
+        postgresql_where=text("finished_at IS NOT NULL"),
+    ),
 )
 
 # The dispatch ledger and outbox: one row per (run, task, attempt), written in the
