@@ -15,7 +15,7 @@ from typing import Any
 
 from kombu.connection import Connection
 from kombu.utils.url import maybe_sanitize_url
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from gleitzeit.errors import StorageFailure
 from gleitzeit.settings import Settings
@@ -92,11 +92,17 @@ def _timed(name: str, check: Callable[[], tuple[str, dict[str, Any]]]) -> Check:
     except _Failed as exc:
         detail, data, ok = str(exc), {}, False
     except (StorageFailure, SQLAlchemyError) as exc:
-        detail, data, ok = f"store unreachable: {_first_line(exc)}", {}, False
+        detail, data, ok = f"store unreachable: {first_line(exc)}", {}, False
     return Check(name, ok, detail, round(time.perf_counter() - began, 6), data)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """What went wrong, in one line: the database driver's own words when it raised."""
+    found: BaseException | None = exc
+    while found is not None and not isinstance(found, DBAPIError):
+        found = found.__cause__
+    if found is not None and found.orig is not None:
+        exc = found.orig
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
 
@@ -138,7 +144,7 @@ def _check_broker(url: str, timeout: float) -> tuple[str, dict[str, Any]]:
         try:
             conn.ensure_connection(max_retries=1, interval_start=0, timeout=timeout)
         except Exception as exc:  # kombu raises the transport's own errors
-            raise _Failed(f"broker unreachable at {shown}: {_first_line(exc)}") from exc
+            raise _Failed(f"broker unreachable at {shown}: {first_line(exc)}") from exc
     return f"{shown} answers", {"url": shown}
 
 

@@ -45,7 +45,7 @@ from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 from gleitzeit.errors import StorageFailure
-from gleitzeit.health import MISSED_INTERVALS
+from gleitzeit.health import MISSED_INTERVALS, first_line
 from gleitzeit.settings import Settings
 from gleitzeit.store import Store, observe
 from gleitzeit.store import processes as process_rows
@@ -173,8 +173,7 @@ class StoreCollector(Collector):
                 self._store = Store(engine_for(self.settings.database_url), retry_seconds=0.0)
             return self._store.read_only(self._read_in)
         except (StorageFailure, SQLAlchemyError) as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            log.warning("metrics: store unreachable: %s", first)
+            log.warning("metrics: store unreachable: %s", first_line(exc))
             return None
 
     def _read_in(self, conn: Connection) -> _Read:
