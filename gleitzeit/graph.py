@@ -20,6 +20,7 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from enum import Enum
+from importlib import resources
 from typing import Any, Protocol
 
 import networkx as nx
@@ -499,6 +500,13 @@ def _json_node(node: Node) -> dict[str, Any]:
         "of": node.of,
         "items": None if node.items is None else {"done": node.items[0], "total": node.items[1]},
     }
+
+
+def json_schema() -> dict[str, Any]:
+    """The JSON Schema of the ``json`` format (``gleitzeit/graph.schema.json``)."""
+    text = resources.files("gleitzeit").joinpath("graph.schema.json").read_text()
+    schema: dict[str, Any] = json.loads(text)
+    return schema
 
 
 def to_json(graph: Graph) -> str:
