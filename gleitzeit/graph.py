@@ -284,18 +284,28 @@ def _colors(state: TaskState | None) -> tuple[str, str]:
 
 # -- DOT -----------------------------------------------------------------------------------
 
-_DOT_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
-def dot_string(text: str) -> str:
-    """``text`` as a quoted DOT string that shows exactly ``text`` in a label or tooltip.
+def visible(text: str) -> str:
+    """Line breaks as ``\n``, other control characters as their pictures (``\x01`` as
+    ``\u2401``): SVG cannot hold them, and a picture keeps two ids apart."""
+    text = text.replace("\r\n", "\n").replace("\r", "\n")
+    return _CONTROL.sub(lambda found: chr(0x2400 + min(ord(found[0]), 0x21)), text)
 
-    Backslashes are doubled (so none starts an escape such as ``\\N`` or ends the
-    string), quotes escaped, line breaks written as ``\\n``, other control characters
-    dropped.
+
+def dot_string(text: str, *, tooltip: bool = False) -> str:
+    """``text`` as a quoted DOT string that shows exactly ``text`` as a label (or, with
+    ``tooltip``, as a tooltip), and ends where its closing quote is.
+
+    Quotes are escaped, ``&`` written ``&amp;`` (Graphviz reads entities in strings) and
+    line breaks ``\\n``. A backslash is doubled, so that none starts an escape (``\\N``,
+    the node's name) or escapes the closing quote; Graphviz unescapes a tooltip twice,
+    so there it is doubled twice.
     """
-    text = _DOT_CONTROL.sub("", text).replace("\\", "\\\\").replace('"', '\\"')
-    return '"' + text.replace("\r\n", "\n").replace("\r", "\n").replace("\n", "\\n") + '"'
+    backslash = "\\\\\\\\" if tooltip else "\\\\"
+    text = visible(text).replace("\\", backslash).replace('"', '\\"').replace("&", "&amp;")
+    return '"' + text.replace("\n", "\\n") + '"'
 
 
 def to_dot(graph: Graph, *, rankdir: str = "LR") -> str:
@@ -335,7 +345,7 @@ def _dot_node(node: Node) -> str:
         style.append("dashed")
     attributes = [
         f"label={dot_string(node.label)}",
-        f"tooltip={dot_string(node.tooltip)}",
+        f"tooltip={dot_string(node.tooltip, tooltip=True)}",
         f"shape={shape}",
         f'style="{",".join(style)}"',
         f'fillcolor="{fill}"',
@@ -399,7 +409,9 @@ def mermaid_text(text: str) -> str:
     """``text`` for a quoted mermaid label: every character that could mean something to
     mermaid or HTML (quotes, brackets, ``#``, ``<``, ``&``, line breaks, ...) as an entity
     (``#34;``), so a label always ends where its quote does."""
-    return "".join(char if _MERMAID_PLAIN.fullmatch(char) else f"#{ord(char)};" for char in text)
+    return "".join(
+        char if _MERMAID_PLAIN.fullmatch(char) else f"#{ord(char)};" for char in visible(text)
+    )
 
 
 def to_mermaid(graph: Graph) -> str:
