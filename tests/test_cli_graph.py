@@ -23,6 +23,9 @@ from tests.services import REPO_ROOT
 
 GLEITZEIT = shutil.which("gleitzeit", path=str(Path(sys.executable).parent)) or "gleitzeit"
 SVG = "{http://www.w3.org/2000/svg}"
+XLINK = "{http://www.w3.org/1999/xlink}"
+#: the error of the run's failed task: a value that would break out of a careless label
+HOSTILE_ERROR = 'ValueError: declined 1 "]; x -> y [a=<b>&amp;\\N'
 
 SAGA = """\
 name: saga
@@ -31,7 +34,9 @@ tasks:
   - {id: live, task: tests.fail, params: {message: down}, on_failure: "alternative:cached"}
   - {id: cached, task: tests.value, params: {value: 2}}
   - {id: enrich, task: tests.fail, on_failure: skip}
-  - {id: charge, task: tests.fail, params: {message: "declined ${book.result}"}}
+  - id: charge
+    task: tests.fail
+    params: {message: 'declined ${book.result} "]; x -> y [a=<b>&amp;\\N'}
   - {id: mail, task: tests.add, params: {a: "${charge.result}", b: 1}}
   - {id: report, task: tests.describe, params: {l: "${live.result}", e: "${enrich.result}"}}
 """
@@ -108,7 +113,7 @@ def test_a_failed_runs_json_has_its_states_kinds_and_edges(failed_run: FailedRun
         "report": ("succeeded", "task"),
         "book:compensate": ("succeeded", "compensation"),
     }
-    assert nodes["charge"]["error"] == "ValueError: declined 1"
+    assert nodes["charge"]["error"] == HOSTILE_ERROR
     assert nodes["charge"]["attempts"] == 1 and nodes["mail"]["attempts"] == 0
     assert nodes["book:compensate"]["name"] == "tests.describe"
     edges = {(e["source"], e["target"], e["kind"]) for e in data["edges"]}
@@ -140,6 +145,7 @@ def test_graph_of_a_run_as_dot_to_a_file(failed_run: FailedRun) -> None:
     assert done.stdout == ""
     (graph,) = pydot.graph_from_dot_data(out.read_text())
     nodes = {n.get_name().strip('"'): n.get_attributes() for n in graph.get_nodes()}
+    assert len(nodes) == 8 + 3  # the run's tasks and the defaults' statements: nothing more
     assert nodes["charge"]["fillcolor"] == '"#fecaca"'  # failed
     assert nodes["mail"]["fillcolor"] == '"#fed7aa"'  # blocked
     assert "dashed" in nodes["live"]["style"]  # skipped
@@ -178,6 +184,9 @@ def test_graph_of_a_run_as_svg(failed_run: FailedRun) -> None:
     assert titles["charge"] == "node kind-task state-failed"
     assert titles["cached"] == "node kind-alternative state-succeeded"
     assert "legend blocked" in titles
+    (charge,) = [g for g in root.iter(f"{SVG}g") if g.findtext(f"{SVG}title") == "charge"]
+    tooltips = {a.get(f"{XLINK}title") for a in charge.iter(f"{SVG}a")}
+    assert tooltips == {f"charge (task): tests.fail\nfailed, attempt 1\n{HOSTILE_ERROR}"}
 
 
 # -- a workflow file -------------------------------------------------------------------------
