@@ -61,6 +61,8 @@ class NodeKind(str, Enum):
 
 
 class EdgeKind(str, Enum):
+    """Why an edge joins two nodes; each kind is drawn its own way."""
+
     #: the target depends on the source (a reference or ``depends_on``)
     DEPENDENCY = "dependency"
     #: the target runs in the source's place if the source fails
@@ -106,6 +108,7 @@ class Node:
 
     @property
     def label(self) -> str:
+        """The text drawn in the node: its id, a map's items, a retried task's attempts."""
         text = self.id
         if self.items is not None:
             text += f" {self.items[0]}/{self.items[1]}"
@@ -115,6 +118,7 @@ class Node:
 
     @property
     def tooltip(self) -> str:
+        """What hovering over the node shows: kind, Celery task, state, attempt, error."""
         lines = [f"{self.id} ({self.kind.value}): {self.name}"]
         if self.state is not None:
             lines.append(f"{self.state.value}, attempt {self.attempts}")
@@ -125,6 +129,8 @@ class Node:
 
 @dataclass(frozen=True)
 class Edge:
+    """``source`` -> ``target``: a dependency, an alternative or a compensation."""
+
     source: str
     target: str
     kind: EdgeKind = EdgeKind.DEPENDENCY
@@ -146,6 +152,7 @@ class Graph:
         return {state: found.count(state) for state in STATE_COLORS if state in found}
 
     def kinds(self) -> dict[NodeKind, int]:
+        """How many nodes are of each kind."""
         found = [node.kind for node in self.nodes]
         return {kind: found.count(kind) for kind in NodeKind if kind in found}
 
@@ -288,8 +295,8 @@ _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f]")
 
 
 def visible(text: str) -> str:
-    """Line breaks as ``\n``, other control characters as their pictures (``\x01`` as
-    ``\u2401``): SVG cannot hold them, and a picture keeps two ids apart."""
+    """``text`` with CR and CR LF as LF, and other control characters as their pictures
+    (U+0001 as U+2401): SVG cannot hold them, and a picture keeps two ids apart."""
     text = text.replace("\r\n", "\n").replace("\r", "\n")
     return _CONTROL.sub(lambda found: chr(0x2400 + min(ord(found[0]), 0x21)), text)
 
