@@ -222,10 +222,7 @@ class Client:
         (:mod:`gleitzeit.graph`). Raises ``RunNotFound``, ``GraphFormatError`` or
         ``GraphvizError``."""
         check_format(format)
-        record = self.store.get_run(run_id)
-        # a second read: its rows may be newer than the run's, never of another definition
-        # (a forced retry changes params, not the graph's shape)
-        tasks = self.store.get_tasks(run_id, with_attempts=False)
+        record, tasks = self.store.get_run_statuses(run_id)
         workflow = Workflow.from_dict(record.graph, source=f"run {run_id}")
         drawn = run_graph(workflow, tasks, run_id=run_id, run_state=record.state)
         return render(drawn, format)

@@ -74,8 +74,9 @@ class EdgeKind(str, Enum):
         return self.value
 
 
-class TaskStatus(Protocol):
-    """What a drawing needs of a run's task (a stored ``TaskRecord`` has it)."""
+class HasState(Protocol):
+    """What a drawing needs of a run's task (the store's ``TaskStatus`` and ``TaskRecord``
+    have it)."""
 
     @property
     def state(self) -> TaskState: ...
@@ -168,7 +169,7 @@ def definition_graph(workflow: Workflow) -> Graph:
 
 def run_graph(
     workflow: Workflow,
-    tasks: Mapping[str, TaskStatus],
+    tasks: Mapping[str, HasState],
     *,
     run_id: str | None = None,
     run_state: RunState | None = None,
@@ -180,7 +181,7 @@ def run_graph(
 
 def _build(
     workflow: Workflow,
-    tasks: Mapping[str, TaskStatus] | None,
+    tasks: Mapping[str, HasState] | None,
     *,
     run_id: str | None = None,
     run_state: RunState | None = None,
@@ -223,7 +224,7 @@ def _node(
     kind: NodeKind,
     rank: int,
     of: str | None,
-    tasks: Mapping[str, TaskStatus] | None,
+    tasks: Mapping[str, HasState] | None,
 ) -> Node:
     status = None if tasks is None else tasks.get(node_id)
     if status is None:
