@@ -327,7 +327,7 @@ def to_dot(graph: Graph, *, rankdir: str = "LR") -> str:
         f"digraph {dot_string(graph.name)} {{",
         f"  graph [rankdir={'TB' if rankdir == 'TB' else 'LR'}, newrank=true, "
         f"label={dot_string(title)}, labelloc=t, fontname=Helvetica"
-        + (", mclimit=0.1, nslimit=0.1, nslimit1=0.1, splines=line" if large else "")
+        + (", mclimit=0.01, nslimit=0.02, nslimit1=0.02, splines=line" if large else "")
         + "];",
         '  node [shape=box, style="rounded,filled", fontname=Helvetica, fontsize=11];',
         '  edge [color="#4b5563", fontname=Helvetica, fontsize=9];',
