@@ -539,6 +539,8 @@ def to_json(graph: Graph) -> str:
 def to_svg(graph: Graph, *, dot: str = "dot") -> str:
     """The graph drawn as SVG by Graphviz's ``dot`` (found on ``PATH``); raises
     :class:`GraphvizError` naming what to install when it is not there."""
+    # the dot program itself, not a binding: the graphviz package on PyPI runs this same
+    # program, and pygraphviz needs Graphviz's headers and a compiler to install
     found = shutil.which(dot)
     if found is None:
         raise GraphvizError(GRAPHVIZ_MISSING)
