@@ -17,7 +17,12 @@ import pytest
 from gleitzeit import RunState, TaskState, Workflow
 from gleitzeit.errors import GraphFormatError, GraphvizError, WorkflowValidationError
 from gleitzeit.graph import (
+    EDGE_STYLES,
+    KIND_DESCRIPTIONS,
+    KIND_SHAPES,
+    STATE_COLORS,
     Edge,
+    EdgeKind,
     Graph,
     Node,
     NodeKind,
@@ -418,6 +423,23 @@ def test_hostile_values_come_back_unchanged_from_json() -> None:
     assert [node["id"] for node in data["nodes"]] == HOSTILE
     assert [node["error"] for node in data["nodes"]] == [f"Error: {text}" for text in HOSTILE]
     assert data["run"]["id"] == HOSTILE[2]
+
+
+# -- the tables -----------------------------------------------------------------------------
+
+
+def test_every_state_and_kind_has_its_look_and_is_in_the_schema() -> None:
+    """A new task state or kind of node (a map, a wait, a loop) needs a color or a shape and
+    a place in the JSON form's schema."""
+    schema = json_schema()["$defs"]
+
+    assert list(STATE_COLORS) == list(TaskState)
+    assert schema["taskState"]["enum"] == [state.value for state in TaskState]
+    assert schema["runState"]["enum"] == [state.value for state in RunState]
+    assert list(KIND_SHAPES) == list(KIND_DESCRIPTIONS) == list(NodeKind)
+    assert schema["kind"]["enum"] == [kind.value for kind in NodeKind]
+    assert list(EDGE_STYLES) == list(EdgeKind)
+    assert schema["edge"]["properties"]["kind"]["enum"] == [kind.value for kind in EdgeKind]
 
 
 # -- errors ----------------------------------------------------------------------------------
