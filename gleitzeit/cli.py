@@ -361,9 +361,13 @@ def graph(
         drawn = Client(database_url=database_url).graph(target, format=format_)
     if output is None:
         click.echo(drawn, nl=False)
-    else:
+        return
+    try:
         Path(output).write_text(drawn)
-        click.echo(f"{output}: {format_} graph of {target}", err=True)
+    except OSError as exc:
+        click.echo(f"error: cannot write {output}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{output}: {format_} graph of {target}", err=True)
 
 
 @main.command()

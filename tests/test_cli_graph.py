@@ -244,6 +244,14 @@ def test_a_file_that_is_not_a_workflow_is_one_line(target: str, says: str) -> No
     assert one_line(gleitzeit("graph", target)) == f"error: {says}"
 
 
+def test_an_output_it_cannot_write_is_one_line(tmp_path: Path) -> None:
+    out = tmp_path / "no-such-folder" / "etl.svg"
+
+    line = one_line(gleitzeit("graph", "examples/etl.py", "-f", "dot", "-o", str(out)))
+
+    assert line == f"error: cannot write {out}: No such file or directory"
+
+
 def test_an_invalid_workflow_names_its_problems(tmp_path: Path) -> None:
     flow = tmp_path / "loop.json"
     flow.write_text(
