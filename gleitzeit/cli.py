@@ -7,6 +7,7 @@ import json
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -20,6 +21,8 @@ from gleitzeit.errors import (
     WorkflowFailed,
     WorkflowValidationError,
 )
+from gleitzeit.graph import FORMATS as GRAPH_FORMATS
+from gleitzeit.graph import check_format
 from gleitzeit.loading import import_modules, load_workflow
 from gleitzeit.resolver import DependencyResolver
 from gleitzeit.settings import Settings
@@ -316,6 +319,55 @@ def history(run_id: str) -> None:
         by = data.pop("by", None) or data.pop("worker", None)
         line = f"{stamp} {event.type}{where}" + (f"  by {by}" if by else "")
         click.echo(line + (f"  {json.dumps(data, default=str)}" if data else ""))
+
+
+_WORKFLOW_SUFFIXES = (".py", ".json", ".yaml", ".yml")
+
+
+@main.command()
+@click.argument("target", metavar="RUN|FILE")
+@click.option(
+    "-f",
+    "--format",
+    "format_",
+    default="mermaid",
+    show_default=True,
+    help=f"One of {', '.join(GRAPH_FORMATS)}; svg needs Graphviz's dot.",
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write to PATH, not standard output."
+)
+@_include
+@_db
+def graph(
+    target: str,
+    format_: str,
+    output: str | None,
+    include: Sequence[str],
+    database_url: str | None,
+) -> None:
+    """Draw a run's graph colored by its tasks' states (RUN: a run id), or a workflow's
+    (FILE: as `validate` takes it)."""
+    check_format(format_)
+    if Path(target).exists() or Path(target).suffix.lower() in _WORKFLOW_SUFFIXES:
+        import_modules(list(include))
+        try:
+            loaded = load_workflow(target)
+        except WorkflowValidationError as exc:  # not a workflow: one line, as every error
+            click.echo(f"error: {'; '.join(exc.problems)}", err=True)
+            sys.exit(1)
+        drawn = loaded.workflow.graph(format_)
+    else:
+        drawn = Client(database_url=database_url).graph(target, format=format_)
+    if output is None:
+        click.echo(drawn, nl=False)
+        return
+    try:
+        Path(output).write_text(drawn)
+    except OSError as exc:
+        click.echo(f"error: cannot write {output}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{output}: {format_} graph of {target}", err=True)
 
 
 @main.command()

@@ -21,6 +21,7 @@ from gleitzeit.errors import (
     RunTimeout,
     WorkflowFailed,
 )
+from gleitzeit.graph import check_format, render, run_graph
 from gleitzeit.reconcile import Reconciled, Reconciler
 from gleitzeit.resolver import DependencyResolver
 from gleitzeit.settings import Settings
@@ -127,6 +128,10 @@ class Run:
         """The run's events, in the order they happened."""
         return self.client.store.get_events(self.id)
 
+    def graph(self, format: str = "mermaid") -> str:
+        """The run's graph colored by its tasks' states (:meth:`Client.graph`)."""
+        return self.client.graph(self.id, format=format)
+
     def wait(self, timeout: float | None = None, *, interval: float = 0.5) -> dict[str, Any]:
         """Wait for the run to end; return ``{task_id: result}`` or raise ``WorkflowFailed``.
 
@@ -210,6 +215,17 @@ class Client:
         """The run with this id; raises ``RunNotFound``."""
         self.store.get_run(run_id)
         return Run(self, run_id)
+
+    def graph(self, run_id: str, *, format: str = "mermaid") -> str:
+        """The run's graph drawn as ``"mermaid"``, ``"dot"``, ``"svg"`` (needs Graphviz's
+        ``dot``) or ``"json"``, its tasks colored by state, with a legend
+        (:mod:`gleitzeit.graph`). Raises ``RunNotFound``, ``GraphFormatError`` or
+        ``GraphvizError``."""
+        check_format(format)
+        record, tasks = self.store.get_run_statuses(run_id)
+        workflow = Workflow.from_dict(record.graph, source=f"run {run_id}")
+        drawn = run_graph(workflow, tasks, run_id=run_id, run_state=record.state)
+        return render(drawn, format)
 
     def runs(
         self, *, status: str | None = None, name: str | None = None, limit: int = 50

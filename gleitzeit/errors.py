@@ -159,6 +159,14 @@ class InvalidTransition(GleitzeitError):
         super().__init__(f"{kind} cannot go from {old!r} to {new!r}")
 
 
+class GraphFormatError(GleitzeitError, ValueError):
+    """A graph was asked for in a format gleitzeit does not draw."""
+
+
+class GraphvizError(GleitzeitError):
+    """Graphviz's ``dot``, which draws a graph as SVG, is not installed or failed."""
+
+
 def describe(value: Any) -> str:
     """Short, safe ``repr`` for error messages."""
     text = repr(value)

@@ -17,6 +17,7 @@ from gleitzeit.store.records import (
     RunProgress,
     RunRecord,
     TaskRecord,
+    TaskStatus,
     message_id,
 )
 from gleitzeit.store.tables import (
@@ -34,6 +35,11 @@ from gleitzeit.store.tables import (
 _PROGRESS = select(
     runs.c.state, runs.c.tasks_total, runs.c.tasks_unfinished, runs.c.tasks_failed
 ).where(runs.c.id == bindparam("r"))
+
+#: what drawing a run's graph needs of its tasks: no params, results or timings
+_STATUSES = select(
+    tasks.c.task_id, tasks.c.state, tasks.c.attempt, tasks.c.error_type, tasks.c.error_message
+).where(tasks.c.run_id == bindparam("r"))
 
 #: a run's row with its definition
 _RUNS = select(runs, run_definitions.c.graph, run_definitions.c.inputs).join(
@@ -137,6 +143,19 @@ def get_tasks(
             by_task.setdefault(row.task_id, []).append(_attempt_record(row))
     found = conn.execute(select(tasks).where(tasks.c.run_id == run_id)).all()
     return {row.task_id: _task_record(row, by_task.get(row.task_id, [])) for row in found}
+
+
+def get_task_statuses(conn: Connection, run_id: str) -> dict[str, TaskStatus]:
+    return {
+        row.task_id: TaskStatus(
+            task_id=row.task_id,
+            state=TaskState(row.state),
+            attempt=row.attempt,
+            error_type=row.error_type,
+            error_message=row.error_message,
+        )
+        for row in conn.execute(_STATUSES, {"r": run_id})
+    }
 
 
 #: the order of events at the same instant (SQLite's clock has 1 ms steps): a task's

@@ -64,6 +64,7 @@ from gleitzeit.store.records import (
     StuckRun,
     Submitted,
     TaskRecord,
+    TaskStatus,
     message_id,
 )
 from gleitzeit.store.tables import (
@@ -728,6 +729,15 @@ class Store:
             return progress, reads.get_finished(conn, run_id, since)
 
         return self._transaction(work, read=True)
+
+    def get_run_statuses(self, run_id: str) -> tuple[RunRecord, dict[str, TaskStatus]]:
+        """A run and its tasks' states, attempts and errors, read in one transaction: what
+        drawing its graph needs (no params, results or attempts' rows)."""
+
+        def read(conn: Connection) -> tuple[RunRecord, dict[str, TaskStatus]]:
+            return reads.get_run(conn, run_id), reads.get_task_statuses(conn, run_id)
+
+        return self._transaction(read, read=True)
 
     def get_events(self, run_id: str) -> list[EventRecord]:
         return self._transaction(lambda conn: reads.get_events(conn, run_id), read=True)
