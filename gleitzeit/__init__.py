@@ -2,15 +2,19 @@
 
 from gleitzeit.client import Client, Run
 from gleitzeit.errors import (
+    AmbiguousRunId,
+    ConfigurationError,
     GleitzeitError,
     GraphChanged,
     IdempotencyConflict,
+    LoadError,
     ReferenceResolutionError,
     ResultError,
     RunControlError,
     RunNotFound,
     RunTimeout,
     StorageFailure,
+    StoreNotReady,
     WorkflowFailed,
     WorkflowValidationError,
 )
@@ -21,12 +25,15 @@ from gleitzeit.states import RunState, TaskState
 from gleitzeit.workflow import TaskHandle, Workflow, task
 
 __all__ = [
+    "AmbiguousRunId",
     "Backoff",
     "Client",
+    "ConfigurationError",
     "DependencyResolver",
     "GleitzeitError",
     "GraphChanged",
     "IdempotencyConflict",
+    "LoadError",
     "ReferenceResolutionError",
     "ResultError",
     "Run",
@@ -36,6 +43,7 @@ __all__ = [
     "RunTimeout",
     "Settings",
     "StorageFailure",
+    "StoreNotReady",
     "TaskHandle",
     "TaskState",
     "Workflow",

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import importlib
 import json
+import os
 import sys
 import time
+import traceback
 from collections.abc import Sequence
 from typing import Any
 
@@ -79,10 +81,33 @@ def _finish(run: Run, *, only: Sequence[str] | None = None) -> None:
         sys.exit(1)
 
 
+#: whether an error shows its traceback (``gleitzeit --debug``, ``GLEITZEIT_DEBUG=1``)
+_debug = False
+
+
 @click.group()
 @click.version_option(package_name="gleitzeit")
-def main() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="GLEITZEIT_DEBUG",
+    help="Show the traceback of an error (also GLEITZEIT_DEBUG=1).",
+)
+def main(debug: bool) -> None:
     """Durable task graphs for Celery."""
+    global _debug
+    _debug = debug
+
+
+def _looking() -> Client:
+    """A client for commands about runs that exist: it never creates or migrates a store."""
+    return Client(create_store=False)
+
+
+def _resolved(prefix: str) -> tuple[Client, str]:
+    """A client for an existing store and the full id of the run ``prefix`` names."""
+    client = _looking()
+    return client, client.resolve_run_id(prefix)
 
 
 _include = click.option(
@@ -90,7 +115,9 @@ _include = click.option(
 )
 _inputs = click.option("-i", "--input", "pairs", multiple=True, help="An input, NAME=VALUE.")
 _inputs_json = click.option("--inputs-json", help="Inputs as a JSON object.")
-_db = click.option("--db", "database_url", help="Store URL (default GLEITZEIT_DATABASE_URL).")
+_db = click.option(
+    "--database", "--db", "database_url", help="Store URL (default GLEITZEIT_DATABASE_URL)."
+)
 
 
 @main.command()
@@ -183,8 +210,9 @@ def submit(
 @main.command()
 @click.argument("run_id")
 def status(run_id: str) -> None:
-    """Print a run's state and its tasks' states."""
-    run_ = Client().get(run_id)
+    """Print a run's state and its tasks' states (RUN_ID: the id, or its start)."""
+    client, run_id = _resolved(run_id)
+    run_ = client.get(run_id)
     record = run_.record
     click.echo(f"run {record.id} {record.name}: {record.state.value}")
     for task_id, task in run_.tasks.items():
@@ -196,7 +224,8 @@ def status(run_id: str) -> None:
 @click.argument("run_id")
 def watch(run_id: str) -> None:
     """Show a live progress bar of a run until it ends."""
-    run_ = Client().get(run_id)
+    client, run_id = _resolved(run_id)
+    run_ = client.get(run_id)
     _show_progress(run_)
     click.echo(f"run {run_id} {run_.status}")
 
@@ -207,7 +236,7 @@ def watch(run_id: str) -> None:
 @click.option("--limit", type=int, default=50, show_default=True)
 def list_runs(status_: str | None, name: str | None, limit: int) -> None:
     """List the newest runs."""
-    for record in Client().runs(status=status_, name=name, limit=limit):
+    for record in _looking().runs(status=status_, name=name, limit=limit):
         done = record.tasks_total - record.tasks_unfinished
         click.echo(
             f"{record.id}  {record.name:<24} {record.state.value:<10} "
@@ -219,7 +248,8 @@ def list_runs(status_: str | None, name: str | None, limit: int) -> None:
 @click.argument("run_id")
 def history(run_id: str) -> None:
     """Print a run's events in order, with who or what caused each."""
-    for event in Client().get(run_id).history():
+    client, run_id = _resolved(run_id)
+    for event in client.get(run_id).history():
         stamp = time.strftime("%H:%M:%S", time.localtime(event.created_at))
         where = f" {event.task_id}" if event.task_id else ""
         where += f"#{event.attempt}" if event.task_id and event.attempt else ""
@@ -262,7 +292,7 @@ def retry(
 ) -> None:
     """Run an ended run again, in place. Inputs given replace those of the same name."""
     import_modules(list(include))
-    client = Client()
+    client, run_id = _resolved(run_id)
     given = _parse_inputs(pairs, inputs_json)
     inputs = {**client.get(run_id).record.inputs, **given} if given else None
     workflow = load_workflow(workflow_file).workflow if workflow_file else None
@@ -281,7 +311,8 @@ def retry(
 )
 def cancel(run_id: str, no_terminate: bool) -> None:
     """Cancel a run: nothing more starts, queued messages are revoked."""
-    changed = Client().cancel(run_id, terminate=not no_terminate)
+    client, run_id = _resolved(run_id)
+    changed = client.cancel(run_id, terminate=not no_terminate)
     click.echo(f"run {run_id} " + ("cancelled" if changed else "was cancelled already"))
 
 
@@ -289,7 +320,8 @@ def cancel(run_id: str, no_terminate: bool) -> None:
 @click.argument("run_id")
 def pause(run_id: str) -> None:
     """Pause a run: nothing more is dispatched or started; running tasks finish."""
-    changed = Client().pause(run_id)
+    client, run_id = _resolved(run_id)
+    changed = client.pause(run_id)
     click.echo(f"run {run_id} " + ("paused" if changed else "was paused already"))
 
 
@@ -297,7 +329,8 @@ def pause(run_id: str) -> None:
 @click.argument("run_id")
 def resume(run_id: str) -> None:
     """Resume a paused run."""
-    changed = Client().resume(run_id)
+    client, run_id = _resolved(run_id)
+    changed = client.resume(run_id)
     click.echo(f"run {run_id} " + ("resumed" if changed else "was running already"))
 
 
@@ -391,18 +424,29 @@ def upgrade(database_url: str | None) -> None:
     click.echo(f"store at {engine_for(url).url.render_as_string(hide_password=True)} is up to date")
 
 
+def _message(exc: Exception) -> str:
+    """An error as the one line (or, for an invalid workflow, the list) a person reads."""
+    if isinstance(exc, WorkflowValidationError):
+        return str(exc)
+    if isinstance(exc, GleitzeitError):
+        return f"error: {exc}"
+    # not translated where it arose: say what it is, and how to see where
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"error: {type(exc).__name__}: {text} (gleitzeit --debug shows where)"
+
+
 def entry() -> None:
-    """The console script: errors as one clear message and exit status 1."""
+    """The console script: an error is one clear message and exit status 1; with
+    ``--debug`` (or ``GLEITZEIT_DEBUG=1``) its traceback comes first."""
     try:
         main(standalone_mode=False)
-    except WorkflowValidationError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(1)
-    except GleitzeitError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        if _debug or os.environ.get("GLEITZEIT_DEBUG", "") not in ("", "0"):
+            traceback.print_exception(exc)
+        click.echo(_message(exc), err=True)
+        sys.exit(1)

@@ -15,9 +15,11 @@ from celery import Celery
 from gleitzeit import codec, strategies
 from gleitzeit.dispatch import Dispatcher
 from gleitzeit.errors import (
+    AmbiguousRunId,
     GraphChanged,
     ParamsError,
     RunControlError,
+    RunNotFound,
     RunTimeout,
     WorkflowFailed,
 )
@@ -31,6 +33,9 @@ from gleitzeit.store.records import EventRecord, PlannedTask, RunProgress
 from gleitzeit.workflow import TaskSpec, Workflow, hash_json
 
 log = logging.getLogger(__name__)
+
+#: how many runs an ambiguous id prefix lists
+AMBIGUOUS_SHOWN = 5
 
 
 def plan_run(
@@ -150,7 +155,12 @@ class Run:
 
 
 class Client:
-    """Submits workflows to the store and broker named by the settings (or environment)."""
+    """Submits workflows to the store and broker named by the settings (or environment).
+
+    The store is created or migrated on first use, unless ``create_store=False``: then it
+    must exist with the newest schema (:class:`StoreNotReady` otherwise), as commands that
+    only look at runs want.
+    """
 
     def __init__(
         self,
@@ -159,10 +169,12 @@ class Client:
         *,
         app: Celery | None = None,
         settings: Settings | None = None,
+        create_store: bool = True,
     ) -> None:
         self.settings = settings or Settings.from_env(
             database_url=database_url, broker_url=broker_url
         )
+        self.create_store = create_store
         if app is None:
             from gleitzeit.worker import create_app
 
@@ -173,7 +185,7 @@ class Client:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.from_settings(self.settings)
+            self._store = Store.from_settings(self.settings, existing=not self.create_store)
         return self._store
 
     @property
@@ -202,6 +214,23 @@ class Client:
         submitted = self.store.create_run(plan)
         self.dispatcher.publish(submitted.dispatches)
         return Run(self, submitted.run_id)
+
+    def resolve_run_id(self, prefix: str) -> str:
+        """The id of the one run whose id starts with ``prefix`` (as git takes a commit's).
+
+        Raises :class:`RunNotFound` when none does, :class:`AmbiguousRunId` (listing some
+        of them) when several do. One indexed read of at most a few ids.
+        """
+        found = self.store.run_ids_starting(prefix, limit=AMBIGUOUS_SHOWN + 1) if prefix else []
+        if prefix in found:
+            return prefix
+        if not found:
+            where = self.store.location
+            raise RunNotFound(prefix, prefix=True, store=where)
+        if len(found) > 1:
+            shown = found[:AMBIGUOUS_SHOWN]
+            raise AmbiguousRunId(prefix, shown, more=len(found) > AMBIGUOUS_SHOWN)
+        return found[0]
 
     def get(self, run_id: str) -> Run:
         """The run with this id; raises ``RunNotFound``."""

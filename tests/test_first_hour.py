@@ -1,0 +1,209 @@
+"""The first hour with the ``gleitzeit`` command: what a person types, run as a subprocess.
+
+Mistakes (a bad database URL, a broken workflow file, a module that is not there) are one
+line saying what and where; commands that look at runs never create or migrate a store;
+run ids are taken by any unique start; ``gleitzeit run`` stays on its own machine.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import subprocess
+from collections.abc import Mapping
+from pathlib import Path
+
+import pytest
+
+from tests.services import REPO_ROOT, RedisServer, free_port
+from tests.test_cli import GLEITZEIT
+
+
+def clean_env(**values: str) -> dict[str, str]:
+    """The environment of a user who has set nothing of gleitzeit's or Celery's but ``values``."""
+    env = {
+        key: value
+        for key, value in os.environ.items()
+        if not key.startswith(("GLEITZEIT_", "CELERY_"))
+    }
+    env["PYTHONPATH"] = str(REPO_ROOT)
+    env.update(values)
+    return env
+
+
+def gleitzeit(
+    *args: str, cwd: Path = REPO_ROOT, env: Mapping[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [GLEITZEIT, *args],
+        cwd=cwd,
+        env=dict(env) if env is not None else clean_env(),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def one_line_error(done: subprocess.CompletedProcess[str]) -> str:
+    """The error a failed command printed, checked to be one line and no traceback."""
+    assert done.returncode == 1, (done.returncode, done.stdout, done.stderr)
+    assert "Traceback" not in done.stderr, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, done.stderr
+    assert lines[0].startswith("error: "), lines[0]
+    return lines[0]
+
+
+# -- errors: one line each, the traceback on request -------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "says"),
+    [
+        ("notadb://x", "no database is known by 'notadb'"),
+        ("/tmp/gleitzeit-x.db", "it is not a URL (for a SQLite file there: sqlite:////tmp/"),
+    ],
+)
+def test_a_bad_database_url_is_one_line(url: str, says: str, tmp_path: Path) -> None:
+    done = gleitzeit("list", cwd=tmp_path, env=clean_env(GLEITZEIT_DATABASE_URL=url))
+
+    error = one_line_error(done)
+    assert f"database URL {url!r}" in error and says in error
+    assert "GLEITZEIT_DATABASE_URL" in error
+
+
+def test_a_syntax_error_in_a_workflow_file_names_its_file_and_line(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.py"
+    flow.write_text("from gleitzeit import Workflow\n\nwf = = Workflow('x')\n")
+
+    error = one_line_error(gleitzeit("validate", str(flow), cwd=tmp_path))
+
+    assert error.startswith(f"error: {flow}:3: syntax error in workflow file")
+    assert "invalid syntax" in error
+
+
+def test_an_import_error_in_a_workflow_file_names_the_line_and_the_module(tmp_path: Path) -> None:
+    flow = tmp_path / "flow.py"
+    flow.write_text("from gleitzeit import Workflow\nimport no_such_module_here\n")
+
+    for command in ("validate", "run"):
+        error = one_line_error(gleitzeit(command, str(flow), cwd=tmp_path))
+        assert error.startswith(f"error: {flow}:2: cannot load workflow file")
+        assert "No module named 'no_such_module_here'" in error
+
+
+def test_an_include_that_is_not_there_is_one_line(tmp_path: Path) -> None:
+    done = gleitzeit("validate", str(REPO_ROOT / "examples/etl.py"), "-I", "no.such.module")
+
+    error = one_line_error(done)
+    assert error.startswith("error: -I no.such.module: no module named 'no'")
+
+
+def test_a_failing_include_names_its_file_and_line(tmp_path: Path) -> None:
+    (tmp_path / "badtasks.py").write_text("x = 1\nraise RuntimeError('no config')\n")
+
+    done = gleitzeit("validate", str(REPO_ROOT / "examples/etl.py"), "-I", "badtasks", cwd=tmp_path)
+
+    error = one_line_error(done)
+    assert f"{tmp_path / 'badtasks.py'}:2: cannot load task module 'badtasks' (-I)" in error
+    assert "RuntimeError: no config" in error
+
+
+@pytest.mark.parametrize("how", ["option", "environment"])
+def test_debug_shows_the_traceback(how: str, tmp_path: Path) -> None:
+    env = clean_env(GLEITZEIT_DATABASE_URL="notadb://x")
+    args = ["list"]
+    if how == "option":
+        args = ["--debug", *args]
+    else:
+        env["GLEITZEIT_DEBUG"] = "1"
+
+    done = gleitzeit(*args, cwd=tmp_path, env=env)
+
+    assert done.returncode == 1
+    assert "Traceback (most recent call last)" in done.stderr
+    assert "sqlalchemy.exc.NoSuchModuleError" in done.stderr  # the cause, kept
+    assert done.stderr.strip().splitlines()[-1].startswith("error: database URL 'notadb://x'")
+
+
+# -- commands that look never create or migrate ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["status", "0f3c"], ["list"], ["history", "0f3c"], ["watch", "0f3c"], ["cancel", "0f3c"]],
+)
+def test_looking_where_there_is_no_store_creates_none(args: list[str], tmp_path: Path) -> None:
+    done = gleitzeit(*args, cwd=tmp_path)
+
+    error = one_line_error(done)
+    path = tmp_path / "gleitzeit.db"
+    assert f"no store at sqlite:///gleitzeit.db ({path} does not exist)" in error
+    assert "gleitzeit db upgrade" in error
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_looking_at_a_store_without_tables_migrates_nothing(tmp_path: Path) -> None:
+    path = tmp_path / "other.db"
+    with sqlite3.connect(path) as conn:
+        conn.execute("CREATE TABLE theirs (x INTEGER)")
+    url = f"sqlite:///{path}"
+
+    error = one_line_error(gleitzeit("list", env=clean_env(GLEITZEIT_DATABASE_URL=url)))
+
+    assert f"the store at {url} has no gleitzeit tables: run 'gleitzeit db upgrade'" in error
+    with sqlite3.connect(path) as conn:
+        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+    assert tables == {"theirs"}
+
+
+def test_an_unreachable_database_is_said_to_be_unreachable(tmp_path: Path) -> None:
+    url = f"postgresql://ana:s3cret@127.0.0.1:{free_port()}/gleitzeit"
+
+    done = gleitzeit("list", cwd=tmp_path, env=clean_env(GLEITZEIT_DATABASE_URL=url))
+
+    error = one_line_error(done)
+    assert error.startswith("error: cannot reach the store at postgresql+psycopg://ana:***@")
+    assert "s3cret" not in done.stderr and "migrate" not in error
+
+
+# -- run ids by their start ---------------------------------------------------------------
+
+
+def test_every_command_takes_a_unique_start_of_a_run_id(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    flow = tmp_path / "one.yaml"
+    flow.write_text("name: one\ntasks:\n  - {id: only, task: tests.value, params: {value: 1}}\n")
+    env = clean_env(
+        CELERY_BROKER_URL=redis_server.url_for(7),  # no worker listens: runs stay running
+        GLEITZEIT_DATABASE_URL=f"sqlite:///{tmp_path / 'ids.db'}",
+    )
+    ids: list[str] = []
+    # 17 runs: two of them share their first hex digit
+    while len({run_id[0] for run_id in ids}) == len(ids):
+        submitted = gleitzeit("submit", str(flow), "-I", "tests.tasks", env=env)
+        assert submitted.returncode == 0, submitted.stderr
+        ids.append(submitted.stdout.strip())
+    run_id = ids[0]
+    short = run_id[:8]
+
+    status = gleitzeit("status", short, env=env)
+    assert status.returncode == 0, status.stderr
+    assert status.stdout.startswith(f"run {run_id} one: running")
+    assert gleitzeit("pause", short, env=env).stdout.strip() == f"run {run_id} paused"
+    assert gleitzeit("resume", short, env=env).stdout.strip() == f"run {run_id} resumed"
+    assert "run_resumed" in gleitzeit("history", short, env=env).stdout
+    assert gleitzeit("cancel", short, env=env).stdout.strip() == f"run {run_id} cancelled"
+    assert gleitzeit("watch", short, env=env).stdout.strip() == f"run {run_id} cancelled"
+
+    first = next(i[0] for i in ids if sum(j[0] == i[0] for j in ids) > 1)
+    shared = sorted(i for i in ids if i[0] == first)
+    ambiguous = one_line_error(gleitzeit("status", first, env=env))
+    assert f"run id {first!r} is ambiguous" in ambiguous
+    assert all(i in ambiguous for i in shared[:5])
+
+    unknown = one_line_error(gleitzeit("cancel", "zz9", env=env))
+    where = env["GLEITZEIT_DATABASE_URL"]
+    assert f"no run with an id starting with 'zz9' in the store at {where}" in unknown
