@@ -125,7 +125,17 @@ _db = click.option(
 @_include
 @_inputs
 @_inputs_json
-@_db
+@click.option(
+    "--database",
+    "--db",
+    "database_url",
+    help="Store URL [default: sqlite:///gleitzeit.db; GLEITZEIT_DATABASE_URL is not read].",
+)
+@click.option(
+    "--broker",
+    "broker_url",
+    help="A broker to use instead of memory [CELERY_BROKER_URL is not read].",
+)
 @click.option("--concurrency", type=int, help="Threads of the in-process worker.")
 @click.option("--key", help="Idempotency key of the run.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
@@ -136,6 +146,7 @@ def run(
     pairs: Sequence[str],
     inputs_json: str | None,
     database_url: str | None,
+    broker_url: str | None,
     concurrency: int | None,
     key: str | None,
     quiet: bool,
@@ -143,6 +154,8 @@ def run(
 ) -> None:
     """Run FILE's workflow to the end on this machine, with no server (embedded).
 
+    Its messages stay in this process and its store is ./gleitzeit.db, whatever
+    CELERY_BROKER_URL and GLEITZEIT_DATABASE_URL say; --broker and --database choose others.
     Prints the results of the final tasks (those nothing depends on) as JSON.
     """
     from gleitzeit.embedded import embedded_client
@@ -150,7 +163,7 @@ def run(
     import_modules(list(include))
     loaded = load_workflow(file)
     inputs = {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}
-    with embedded_client(database_url, concurrency=concurrency) as client:
+    with embedded_client(database_url, broker_url=broker_url, concurrency=concurrency) as client:
         started = client.submit(
             loaded.workflow, inputs, key=key, registered=client.app.tasks.keys()
         )

@@ -7,6 +7,7 @@ run ids are taken by any unique start; ``gleitzeit run`` stays on its own machin
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import subprocess
@@ -14,6 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
+import redis
 
 from tests.services import REPO_ROOT, RedisServer, free_port
 from tests.test_cli import GLEITZEIT
@@ -207,3 +209,48 @@ def test_every_command_takes_a_unique_start_of_a_run_id(
     unknown = one_line_error(gleitzeit("cancel", "zz9", env=env))
     where = env["GLEITZEIT_DATABASE_URL"]
     assert f"no run with an id starting with 'zz9' in the store at {where}" in unknown
+
+
+# -- gleitzeit run stays on this machine ----------------------------------------------------
+
+ETL = str(REPO_ROOT / "examples" / "etl.py")
+
+
+def test_run_ignores_a_deployments_broker_and_store(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    deployment = redis_server.url_for(8)
+    redis.Redis.from_url(deployment).flushdb()
+    env = clean_env(
+        CELERY_BROKER_URL=deployment,
+        GLEITZEIT_DATABASE_URL=f"sqlite:///{tmp_path / 'deployment.db'}",
+    )
+
+    done = gleitzeit("run", ETL, "--quiet", cwd=tmp_path, env=env)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["report"]["revenue"] == 1478.8
+    assert (tmp_path / "gleitzeit.db").exists()
+    assert not (tmp_path / "deployment.db").exists()
+    assert redis.Redis.from_url(deployment).dbsize() == 0  # not one message, not one binding
+
+
+def test_run_uses_a_broker_only_when_told(redis_server: RedisServer, tmp_path: Path) -> None:
+    chosen = redis_server.url_for(9)
+    redis.Redis.from_url(chosen).flushdb()
+    url = f"sqlite:///{tmp_path / 'chosen.db'}"
+
+    done = gleitzeit("run", ETL, "--quiet", "--broker", chosen, "--database", url, cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout)["report"]["revenue"] == 1478.8
+    assert (tmp_path / "chosen.db").exists() and not (tmp_path / "gleitzeit.db").exists()
+    assert redis.Redis.from_url(chosen).dbsize() > 0  # the queue's bindings
+
+
+def test_run_on_a_broker_that_does_not_answer_says_so(tmp_path: Path) -> None:
+    broker = f"redis://127.0.0.1:{free_port()}/0"
+
+    error = one_line_error(gleitzeit("run", ETL, "--broker", broker, cwd=tmp_path))
+
+    assert error.startswith(f"error: cannot reach the broker at {broker}")
