@@ -429,12 +429,8 @@ def db() -> None:
 @_db
 def upgrade(database_url: str | None) -> None:
     """Create or migrate the store's tables to the newest schema."""
-    from gleitzeit.store.engine import engine_for
-    from gleitzeit.store.migrate import upgrade as run_upgrade
-
-    url = Settings.from_env(database_url=database_url).database_url
-    run_upgrade(engine_for(url))
-    click.echo(f"store at {engine_for(url).url.render_as_string(hide_password=True)} is up to date")
+    store = Store.open(Settings.from_env(database_url=database_url).database_url)
+    click.echo(f"store at {store.location} is up to date")
 
 
 def _message(exc: Exception) -> str:

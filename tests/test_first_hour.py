@@ -254,3 +254,42 @@ def test_run_on_a_broker_that_does_not_answer_says_so(tmp_path: Path) -> None:
     error = one_line_error(gleitzeit("run", ETL, "--broker", broker, cwd=tmp_path))
 
     assert error.startswith(f"error: cannot reach the broker at {broker}")
+
+
+# -- PostgreSQL without its driver ----------------------------------------------------------
+
+
+def test_postgresql_without_psycopg_names_the_extra_to_install(tmp_path: Path) -> None:
+    # psycopg not installed, as a plain `pip install gleitzeit` leaves it: importing it fails
+    (tmp_path / "psycopg").mkdir()
+    (tmp_path / "psycopg" / "__init__.py").write_text("raise ImportError('not installed')\n")
+    env = clean_env()
+    env["PYTHONPATH"] = f"{tmp_path}:{REPO_ROOT}"
+    url = "postgresql://ana:s3cret@127.0.0.1:5432/gleitzeit"
+
+    for args in (["db", "upgrade", "--database", url], ["list"]):
+        env["GLEITZEIT_DATABASE_URL"] = url
+        error = one_line_error(gleitzeit(*args, cwd=tmp_path, env=env))
+        assert error == (
+            "error: the store at postgresql+psycopg://ana:***@127.0.0.1:5432/gleitzeit is "
+            "PostgreSQL, whose driver (psycopg 3) is not installed: "
+            "pip install 'gleitzeit[postgres]'"
+        )
+
+
+def test_db_upgrade_of_a_database_that_does_not_answer_is_one_line(tmp_path: Path) -> None:
+    url = f"postgresql://ana:s3cret@127.0.0.1:{free_port()}/gleitzeit"
+
+    error = one_line_error(gleitzeit("db", "upgrade", "--database", url, cwd=tmp_path))
+
+    assert error.startswith("error: cannot reach the store at postgresql+psycopg://ana:***@")
+
+
+def test_db_upgrade_creates_the_store_that_reads_then_find(tmp_path: Path) -> None:
+    done = gleitzeit("db", "upgrade", cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "store at sqlite:///gleitzeit.db is up to date"
+
+    listed = gleitzeit("list", cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert listed.stdout == ""
