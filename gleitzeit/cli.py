@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
 import sys
 import time
 import traceback
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import click
@@ -27,6 +28,7 @@ from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState
 from gleitzeit.store import Store
 from gleitzeit.strategies import FROM_FAILURE, RETRY_STRATEGIES
+from gleitzeit.workflow import Workflow
 
 
 def _parse_inputs(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
@@ -48,6 +50,33 @@ def _parse_inputs(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             inputs[name] = raw
     return inputs
+
+
+#: where a person gives a run's inputs, for a workflow that references one not given
+_INPUTS_HINT = (
+    "give inputs with -i NAME=VALUE or --inputs-json '{...}' "
+    "(a .py workflow file may also define a module-level dict 'inputs')"
+)
+
+
+@contextlib.contextmanager
+def _hint_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> Iterator[None]:
+    """Add where inputs are given to a validation error about inputs that are not."""
+    try:
+        yield
+    except WorkflowValidationError as exc:
+        if not DependencyResolver(workflow).input_names() <= set(inputs):
+            raise WorkflowValidationError(
+                exc.problems, workflow=exc.workflow, hint=_INPUTS_HINT
+            ) from exc
+        raise
+
+
+def _registered_tasks() -> set[str]:
+    """Names of the Celery tasks a worker of gleitzeit's app would have, after ``-I``."""
+    from gleitzeit.worker import app
+
+    return set(app.tasks.keys())
 
 
 def _print_json(value: Any) -> None:
@@ -164,9 +193,10 @@ def run(
     loaded = load_workflow(file)
     inputs = {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}
     with embedded_client(database_url, broker_url=broker_url, concurrency=concurrency) as client:
-        started = client.submit(
-            loaded.workflow, inputs, key=key, registered=client.app.tasks.keys()
-        )
+        with _hint_inputs(loaded.workflow, inputs):
+            started = client.submit(
+                loaded.workflow, inputs, key=key, registered=client.app.tasks.keys()
+            )
         click.echo(f"run {started.id} ({loaded.workflow.name}) started", err=True)
         if not quiet:
             _show_progress(started)
@@ -182,12 +212,19 @@ def run(
 def validate(
     file: str, include: Sequence[str], pairs: Sequence[str], inputs_json: str | None
 ) -> None:
-    """Check FILE's workflow and print every problem (exit 1 if there is one)."""
+    """Check FILE's workflow and print every problem (exit 1 if there is one).
+
+    Refuses what submit and run refuse: every input the workflow references must be given
+    (-i, --inputs-json, or the file's own 'inputs'); with -I, every task name must be a
+    Celery task registered once those modules are imported (without -I, the workers'
+    tasks are not known here and names are not checked).
+    """
     import_modules(list(include))
     loaded = load_workflow(file)
-    given = _parse_inputs(pairs, inputs_json)
-    inputs = {**loaded.inputs, **given} if (given or loaded.inputs) else None
-    loaded.workflow.validate(inputs)
+    inputs = {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}
+    registered = _registered_tasks() if include else None
+    with _hint_inputs(loaded.workflow, inputs):
+        loaded.workflow.validate(inputs, registered=registered)
     click.echo(
         f"{file}: workflow {loaded.workflow.name!r} is valid ({len(loaded.workflow.specs)} tasks)"
     )
@@ -211,10 +248,10 @@ def submit(
     """Submit FILE's workflow to the workers (GLEITZEIT_DATABASE_URL, CELERY_BROKER_URL)."""
     import_modules(list(include))
     loaded = load_workflow(file)
+    inputs = {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}
     client = Client()
-    started = client.submit(
-        loaded.workflow, {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}, key=key
-    )
+    with _hint_inputs(loaded.workflow, inputs):
+        started = client.submit(loaded.workflow, inputs, key=key)
     click.echo(started.id)
     if wait_:
         _finish(started)

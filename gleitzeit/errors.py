@@ -17,14 +17,19 @@ class GleitzeitError(Exception):
 class WorkflowValidationError(GleitzeitError, ValueError):
     """A workflow definition is invalid; ``.problems`` lists every problem found."""
 
-    def __init__(self, problems: Iterable[str], *, workflow: str | None = None) -> None:
+    def __init__(
+        self, problems: Iterable[str], *, workflow: str | None = None, hint: str | None = None
+    ) -> None:
         self.problems: list[str] = list(problems)
         self.workflow = workflow
+        #: what to do about it, where that is known (the CLI: how inputs are given)
+        self.hint = hint
         where = f"workflow {workflow!r}" if workflow else "workflow"
         lines = "\n".join(f"  - {p}" for p in self.problems)
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
-        super().__init__(f"{where} is invalid ({count} {noun}):\n{lines}")
+        after = f"\n{hint}" if hint else ""
+        super().__init__(f"{where} is invalid ({count} {noun}):\n{lines}{after}")
 
 
 class ReferenceResolutionError(GleitzeitError):

@@ -293,3 +293,53 @@ def test_db_upgrade_creates_the_store_that_reads_then_find(tmp_path: Path) -> No
     listed = gleitzeit("list", cwd=tmp_path)
     assert listed.returncode == 0, listed.stderr
     assert listed.stdout == ""
+
+
+# -- validate refuses what submit and run refuse --------------------------------------------
+
+FLOW = (
+    "name: f\n"
+    "tasks:\n"
+    "  - {id: a, task: tests.value, params: {value: '${inputs.n}'}}\n"
+    "  - {id: b, task: TASK, params: {a: '${a.result}', b: 1}}\n"
+)
+
+
+def test_validate_with_includes_refuses_an_unknown_task_as_run_does(tmp_path: Path) -> None:
+    flow = tmp_path / "f.yaml"
+    flow.write_text(FLOW.replace("TASK", "tests.nope"))
+    args = [str(flow), "-I", "tests.tasks", "-i", "n=1"]
+
+    validated = gleitzeit("validate", *args, cwd=tmp_path)
+    ran = gleitzeit("run", *args, cwd=tmp_path)
+
+    for done in (validated, ran):
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "workflow 'f' is invalid (1 problem):" in done.stderr
+        assert "task 'b': no Celery task named 'tests.nope' is registered" in done.stderr
+
+    flow.write_text(FLOW.replace("TASK", "tests.add"))
+    valid = gleitzeit("validate", *args, cwd=tmp_path)
+    assert valid.returncode == 0, valid.stderr
+    assert f"{flow}: workflow 'f' is valid (2 tasks)" in valid.stdout
+
+
+def test_validate_refuses_an_input_not_given_as_submit_does(tmp_path: Path) -> None:
+    flow = tmp_path / "f.yaml"
+    flow.write_text(FLOW.replace("TASK", "tests.add"))
+    env = clean_env(
+        CELERY_BROKER_URL=f"redis://127.0.0.1:{free_port()}/0",
+        GLEITZEIT_DATABASE_URL=f"sqlite:///{tmp_path / 'f.db'}",
+    )
+
+    validated = gleitzeit("validate", str(flow), cwd=tmp_path, env=env)
+    submitted = gleitzeit("submit", str(flow), cwd=tmp_path, env=env)
+
+    for done in (validated, submitted):
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert "input 'n' is referenced by ['a'] but not given" in done.stderr
+        assert "give inputs with -i NAME=VALUE or --inputs-json" in done.stderr
+    assert not (tmp_path / "f.db").exists()  # refused before anything was stored
+
+    valid = gleitzeit("validate", str(flow), "-i", "n=2", cwd=tmp_path, env=env)
+    assert valid.returncode == 0, valid.stderr
