@@ -17,7 +17,10 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.services import REPO_ROOT, RedisServer, free_port
+from gleitzeit import Client, Workflow
+from gleitzeit.dispatch import EXECUTE_TASK
+from gleitzeit.store.engine import masked_url
+from tests.services import REPO_ROOT, CeleryWorker, RedisServer, free_port, wait_until
 from tests.test_cli import GLEITZEIT
 
 
@@ -343,3 +346,49 @@ def test_validate_refuses_an_input_not_given_as_submit_does(tmp_path: Path) -> N
 
     valid = gleitzeit("validate", str(flow), "-i", "n=2", cwd=tmp_path, env=env)
     assert valid.returncode == 0, valid.stderr
+
+
+# -- two deployments on one queue -------------------------------------------------------------
+
+
+def test_a_message_for_a_run_the_workers_store_lacks_is_a_warning(
+    worker: CeleryWorker, broker_url: str, database_url: str, tmp_path: Path
+) -> None:
+    flow = tmp_path / "one.yaml"
+    flow.write_text("name: one\ntasks:\n  - {id: only, task: tests.value, params: {value: 1}}\n")
+    # the worker's broker, another store: a second deployment misconfigured onto its queue
+    env = clean_env(
+        CELERY_BROKER_URL=broker_url, GLEITZEIT_DATABASE_URL=f"sqlite:///{tmp_path / 'other.db'}"
+    )
+
+    submitted = gleitzeit("submit", str(flow), "-I", "tests.tasks", env=env)
+    assert submitted.returncode == 0, submitted.stderr
+    run_id = submitted.stdout.strip()
+
+    def warned() -> str | None:
+        lines = worker.log_text().splitlines()
+        return next((line for line in lines if run_id in line and "WARNING" in line), None)
+
+    line = wait_until(warned, timeout=60, message=f"no warning about run {run_id}")
+    assert f"run {run_id} task only attempt 1: no such run in this worker's store" in line
+    assert f"({masked_url(database_url)})" in line
+    assert "check that its GLEITZEIT_DATABASE_URL is this worker's" in line
+    assert not any(
+        run_id in row and "duplicate or stale" in row for row in worker.log_text().splitlines()
+    )
+
+
+def test_a_duplicate_message_stays_an_info(client: Client, worker: CeleryWorker) -> None:
+    wf = Workflow("dup")
+    wf.task("only", "tests.value", params={"value": 1})
+    run = client.submit(wf)
+    assert run.wait(timeout=60) == {"only": 1}
+
+    client.app.send_task(EXECUTE_TASK, args=[run.id, "only", 1])  # delivered again
+
+    def noted() -> str | None:
+        lines = worker.log_text().splitlines()
+        return next((line for line in lines if run.id in line and "duplicate" in line), None)
+
+    line = wait_until(noted, timeout=60, message=f"no note of the duplicate of run {run.id}")
+    assert "INFO" in line and "duplicate or stale message, no work" in line
