@@ -36,6 +36,8 @@ log = logging.getLogger(__name__)
 
 #: how many runs an ambiguous id prefix lists
 AMBIGUOUS_SHOWN = 5
+#: the length of a run id (a UUID with its hyphens)
+RUN_ID_LENGTH = 36
 
 
 def plan_run(
@@ -225,8 +227,8 @@ class Client:
         if prefix in found:
             return prefix
         if not found:
-            where = self.store.location
-            raise RunNotFound(prefix, prefix=True, store=where)
+            whole = len(prefix) == RUN_ID_LENGTH
+            raise RunNotFound(prefix, prefix=not whole, store=self.store.location)
         if len(found) > 1:
             shown = found[:AMBIGUOUS_SHOWN]
             raise AmbiguousRunId(prefix, shown, more=len(found) > AMBIGUOUS_SHOWN)

@@ -83,7 +83,7 @@ class AmbiguousRunId(GleitzeitError, KeyError):
 
     def __str__(self) -> str:
         listed = ", ".join(self.matches) + (", ..." if self.more else "")
-        return f"run id {self.prefix!r} is ambiguous: it starts {listed}; give more of it"
+        return f"run id {self.prefix!r} is ambiguous: runs {listed} start with it; give more of it"
 
 
 class WorkflowFailed(GleitzeitError):

@@ -7,20 +7,29 @@ run ids are taken by any unique start; ``gleitzeit run`` stays on its own machin
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import sqlite3
 import subprocess
 from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
 import redis
+from sqlalchemy import inspect
 
 from gleitzeit import Client, Workflow
 from gleitzeit.dispatch import EXECUTE_TASK
-from gleitzeit.store.engine import masked_url
-from tests.services import REPO_ROOT, CeleryWorker, RedisServer, free_port, wait_until
+from gleitzeit.store.engine import make_engine, masked_url
+from tests.conftest import STORES, postgres_admin_url
+from tests.services import (
+    REPO_ROOT,
+    CeleryWorker,
+    RedisServer,
+    free_port,
+    postgres_database,
+    wait_until,
+)
 from tests.test_cli import GLEITZEIT
 
 
@@ -149,18 +158,24 @@ def test_looking_where_there_is_no_store_creates_none(args: list[str], tmp_path:
     assert list(tmp_path.iterdir()) == []
 
 
-def test_looking_at_a_store_without_tables_migrates_nothing(tmp_path: Path) -> None:
-    path = tmp_path / "other.db"
-    with sqlite3.connect(path) as conn:
-        conn.execute("CREATE TABLE theirs (x INTEGER)")
-    url = f"sqlite:///{path}"
+@pytest.mark.parametrize("kind", STORES)
+def test_looking_at_a_store_without_tables_migrates_nothing(kind: str, tmp_path: Path) -> None:
+    with contextlib.ExitStack() as stack:
+        if kind == "sqlite":
+            url = f"sqlite:///{tmp_path / 'other.db'}"
+        else:
+            url = stack.enter_context(postgres_database(postgres_admin_url()))
+        engine = make_engine(url)
+        stack.callback(engine.dispose)
+        with engine.begin() as conn:
+            conn.exec_driver_sql("CREATE TABLE theirs (x INTEGER)")
 
-    error = one_line_error(gleitzeit("list", env=clean_env(GLEITZEIT_DATABASE_URL=url)))
+        done = gleitzeit("list", env=clean_env(GLEITZEIT_DATABASE_URL=url))
 
-    assert f"the store at {url} has no gleitzeit tables: run 'gleitzeit db upgrade'" in error
-    with sqlite3.connect(path) as conn:
-        tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
-    assert tables == {"theirs"}
+        error = one_line_error(done)
+        shown = masked_url(url)
+        assert f"the store at {shown} has no gleitzeit tables: run 'gleitzeit db upgrade'" in error
+        assert inspect(engine).get_table_names() == ["theirs"]
 
 
 def test_an_unreachable_database_is_said_to_be_unreachable(tmp_path: Path) -> None:
