@@ -5,7 +5,6 @@ from __future__ import annotations
 import contextlib
 import importlib
 import json
-import os
 import sys
 import time
 import traceback
@@ -492,7 +491,7 @@ def entry() -> None:
         exc.show()
         sys.exit(exc.exit_code)
     except Exception as exc:
-        if _debug or os.environ.get("GLEITZEIT_DEBUG", "") not in ("", "0"):
+        if _debug:
             traceback.print_exception(exc)
         click.echo(_message(exc), err=True)
         sys.exit(1)
