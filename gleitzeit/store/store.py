@@ -165,7 +165,7 @@ class Store:
         if missing is not None:
             raise StoreNotReady(
                 f"no store at {where} ({os.path.abspath(missing)} does not exist): create it with "
-                "'gleitzeit db upgrade', or name yours with GLEITZEIT_DATABASE_URL or --database"
+                "'gleitzeit db upgrade', or name yours with GLEITZEIT_DATABASE_URL"
             )
         if id(engine) not in cls._migrated:
             try:
