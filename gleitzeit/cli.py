@@ -186,12 +186,17 @@ def run(
     CELERY_BROKER_URL and GLEITZEIT_DATABASE_URL say; --broker and --database choose others.
     Prints the results of the final tasks (those nothing depends on) as JSON.
     """
-    from gleitzeit.embedded import embedded_client
+    from gleitzeit.embedded import embedded_client, queues_of
 
     import_modules(list(include))
     loaded = load_workflow(file)
     inputs = {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}
-    with embedded_client(database_url, broker_url=broker_url, concurrency=concurrency) as client:
+    with embedded_client(
+        database_url,
+        broker_url=broker_url,
+        concurrency=concurrency,
+        queues=queues_of(loaded.workflow),
+    ) as client:
         with _hint_inputs(loaded.workflow, inputs):
             started = client.submit(
                 loaded.workflow, inputs, key=key, registered=client.app.tasks.keys()

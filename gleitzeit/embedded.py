@@ -17,7 +17,7 @@ import logging
 import os
 import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
@@ -31,6 +31,7 @@ from gleitzeit.client import Client
 from gleitzeit.errors import DispatchFailure, GleitzeitError
 from gleitzeit.settings import DEFAULT_DATABASE_URL, Settings
 from gleitzeit.worker import create_app
+from gleitzeit.workflow import Workflow
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +72,11 @@ def embedded_app(settings: Settings, *, broker_url: str | None = None) -> Celery
 
 
 @contextmanager
-def embedded_worker(app: Celery, *, concurrency: int | None = None) -> Iterator[None]:
-    """Run a Celery worker for ``app`` on a thread until the block ends."""
+def embedded_worker(
+    app: Celery, *, concurrency: int | None = None, queues: Iterable[str] = ()
+) -> Iterator[None]:
+    """Run a Celery worker for ``app`` on a thread until the block ends, consuming the
+    default queue and ``queues`` (those the workflow's tasks name: nobody else would)."""
     ready = threading.Event()
     # the thread pool traces tasks through the default app, not the worker's own
     app.set_default()
@@ -85,6 +89,7 @@ def embedded_worker(app: Celery, *, concurrency: int | None = None) -> Iterator[
         without_gossip=True,
         ready_callback=lambda _consumer: ready.set(),
         loglevel=logging.WARNING,
+        queues=sorted({app.conf.task_default_queue, *queues}),
     )
     thread = threading.Thread(target=worker.start, name="gleitzeit-embedded-worker", daemon=True)
     thread.start()
@@ -98,6 +103,11 @@ def embedded_worker(app: Celery, *, concurrency: int | None = None) -> Iterator[
     finally:
         worker.stop(in_sighandler=False)
         thread.join(timeout=WORKER_START_TIMEOUT)
+
+
+def queues_of(workflow: Workflow) -> set[str]:
+    """The queues ``workflow``'s tasks are sent to, besides Celery's default queue."""
+    return {spec.queue for spec in workflow.specs if spec.queue}
 
 
 def _reach_broker(app: Celery, url: str) -> None:
@@ -118,16 +128,19 @@ def embedded_client(
     *,
     broker_url: str | None = None,
     concurrency: int | None = None,
+    queues: Iterable[str] = (),
 ) -> Iterator[Client]:
     """A :class:`Client` whose runs execute on an in-process worker.
 
     The store is ``database_url`` (default ``sqlite:///gleitzeit.db``); messages go
     through memory unless ``broker_url`` names a broker. The environment's
-    ``GLEITZEIT_DATABASE_URL`` and ``CELERY_BROKER_URL`` are not used.
+    ``GLEITZEIT_DATABASE_URL`` and ``CELERY_BROKER_URL`` are not used. The worker
+    consumes Celery's default queue and ``queues``: give every ``queue=`` the workflows
+    name (:func:`queues_of`), or their tasks wait for ever.
     """
     settings = Settings.from_env(database_url=database_url or DEFAULT_DATABASE_URL)
     app = embedded_app(settings, broker_url=broker_url)
     if broker_url is not None:
         _reach_broker(app, broker_url)
-    with embedded_worker(app, concurrency=concurrency):
+    with embedded_worker(app, concurrency=concurrency, queues=queues):
         yield Client(app=app, settings=app.conf.gleitzeit_settings)

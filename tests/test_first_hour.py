@@ -266,6 +266,21 @@ def test_run_uses_a_broker_only_when_told(redis_server: RedisServer, tmp_path: P
     assert redis.Redis.from_url(chosen).dbsize() > 0  # the queue's bindings
 
 
+def test_run_consumes_the_queues_its_tasks_name(tmp_path: Path) -> None:
+    flow = tmp_path / "queues.yaml"
+    flow.write_text(
+        "name: queues\n"
+        "tasks:\n"
+        "  - {id: a, task: tests.value, params: {value: 2}, queue: reports}\n"
+        "  - {id: b, task: tests.add, params: {a: '${a.result}', b: 1}, queue: heavy}\n"
+    )
+
+    done = gleitzeit("run", str(flow), "-I", "tests.tasks", "--quiet", cwd=tmp_path)
+
+    assert done.returncode == 0, done.stderr
+    assert json.loads(done.stdout) == {"b": 3}
+
+
 def test_run_on_a_broker_that_does_not_answer_says_so(tmp_path: Path) -> None:
     broker = f"redis://127.0.0.1:{free_port()}/0"
 
