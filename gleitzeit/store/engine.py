@@ -30,6 +30,9 @@ SQLITE_WRITE_LOCK_PAUSES = (0.0001, 0.002)
 #: page cache per connection, in KiB (SQLite's default, 2 MiB, holds a few thousand tasks)
 SQLITE_CACHE_KIB = 32 * 1024
 
+#: seconds a PostgreSQL connection may take to open, unless the URL says (connect_timeout=)
+PG_CONNECT_TIMEOUT = 10
+
 _engines: dict[tuple[int, str], Engine] = {}
 _lock = threading.Lock()
 
@@ -166,7 +169,11 @@ def _make_engine(url: str) -> Engine:
     # no pre-ping (a round trip per checkout): a connection found dead by its first
     # statement is invalidated, with the rest of the pool, and the store's transaction
     # retries on a new one
-    engine = create_engine(url, pool_size=5, max_overflow=10)
+    # a host that drops packets fails a connection after this long, not after the
+    # system's TCP timeout (minutes): the store's retries, or a person, decide what next
+    given = make_url(url).query
+    timeout = {} if "connect_timeout" in given else {"connect_timeout": PG_CONNECT_TIMEOUT}
+    engine = create_engine(url, pool_size=5, max_overflow=10, connect_args=timeout)
     _configure_postgres(engine)
     return engine
 
