@@ -54,19 +54,23 @@ def import_modules(names: list[str]) -> None:
         sys.path.insert(0, str(Path.cwd()))
     for name in names:
         for part in name.split(","):
-            if not part.strip():
-                continue
-            try:
-                importlib.import_module(part.strip())
-            except ModuleNotFoundError as exc:
-                if exc.name is not None and part.strip().startswith(exc.name):
-                    raise LoadError(
-                        f"-I {part.strip()}: no module named {exc.name!r} "
-                        f"(looked in {Path.cwd()} and on PYTHONPATH)"
-                    ) from exc
-                raise _failed(f"task module {part.strip()!r} (-I)", exc) from exc
-            except Exception as exc:
-                raise _failed(f"task module {part.strip()!r} (-I)", exc) from exc
+            if part.strip():
+                _import_tasks(part.strip())
+
+
+def _import_tasks(module: str) -> None:
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as exc:
+        missing = exc.name or ""
+        if module == missing or module.startswith(missing + "."):
+            raise LoadError(
+                f"-I {module}: no module named {missing!r} "
+                f"(looked in {Path.cwd()} and on PYTHONPATH)"
+            ) from exc
+        raise _failed(f"task module {module!r} (-I)", exc) from exc
+    except Exception as exc:
+        raise _failed(f"task module {module!r} (-I)", exc) from exc
 
 
 def _load_python(path: Path) -> Loaded:
