@@ -76,9 +76,9 @@ class AmbiguousRunId(GleitzeitError, KeyError):
     """A run id prefix matches more than one run; ``.matches`` lists some of them."""
 
     def __init__(self, prefix: str, matches: Iterable[str], *, more: bool = False) -> None:
-        super().__init__(prefix)
         self.prefix = prefix
         self.matches = list(matches)
+        super().__init__(prefix, self.matches)
         self.more = more
 
     def __str__(self) -> str:

@@ -176,7 +176,7 @@ class Store:
                 state = (
                     "has no gleitzeit tables"
                     if current is None
-                    else (f"has schema revision {current}, this gleitzeit needs {head}")
+                    else f"has schema revision {current}, this gleitzeit needs {head}"
                 )
                 raise StoreNotReady(
                     f"the store at {where} {state}: run 'gleitzeit db upgrade' on it"
