@@ -18,6 +18,7 @@ from gleitzeit.client import Client, Run
 from gleitzeit.errors import (
     GleitzeitError,
     StorageFailure,
+    StoreNotReady,
     WorkflowFailed,
     WorkflowValidationError,
 )
@@ -448,7 +449,9 @@ def _reach(app: Any, settings: Settings) -> list[Finding]:
     """Findings for a store or broker that does not answer."""
     found = []
     try:
-        Store.from_settings(settings)
+        Store.from_settings(settings, existing=True)  # a check creates and migrates nothing
+    except StoreNotReady as exc:
+        found.append(Finding("error", "GLEITZEIT_DATABASE_URL", str(exc)))
     except StorageFailure as exc:
         found.append(Finding("error", "GLEITZEIT_DATABASE_URL", f"store unreachable: {exc}"))
     try:

@@ -178,6 +178,19 @@ def test_looking_at_a_store_without_tables_migrates_nothing(kind: str, tmp_path:
         assert inspect(engine).get_table_names() == ["theirs"]
 
 
+def test_check_reports_a_missing_store_and_creates_none(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    env = clean_env(CELERY_BROKER_URL=redis_server.url_for(5))
+
+    done = gleitzeit("check", "-I", "tests.tasks", cwd=tmp_path, env=env)
+
+    assert done.returncode == 1
+    assert "error: GLEITZEIT_DATABASE_URL: no store at sqlite:///gleitzeit.db" in done.stdout
+    assert "1 problem(s) break gleitzeit's guarantees" in done.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_an_unreachable_database_is_said_to_be_unreachable(tmp_path: Path) -> None:
     url = f"postgresql://ana:s3cret@127.0.0.1:{free_port()}/gleitzeit"
 
