@@ -2,6 +2,8 @@
 
 from gleitzeit.client import Client, Run
 from gleitzeit.errors import (
+    AmbiguousRunId,
+    ConfigurationError,
     DispatchFailure,
     GleitzeitError,
     GraphChanged,
@@ -9,6 +11,7 @@ from gleitzeit.errors import (
     GraphvizError,
     IdempotencyConflict,
     InvalidTransition,
+    LoadError,
     ParamsError,
     ReferenceResolutionError,
     ResultError,
@@ -20,6 +23,7 @@ from gleitzeit.errors import (
     ScheduleError,
     ScheduleNotFound,
     StorageFailure,
+    StoreNotReady,
     UnknownTask,
     WorkerLost,
     WorkflowFailed,
@@ -32,8 +36,10 @@ from gleitzeit.states import RunState, TaskState
 from gleitzeit.workflow import TaskHandle, Workflow, task
 
 __all__ = [
+    "AmbiguousRunId",
     "Backoff",
     "Client",
+    "ConfigurationError",
     "DependencyResolver",
     "DispatchFailure",
     "GleitzeitError",
@@ -42,6 +48,7 @@ __all__ = [
     "GraphvizError",
     "IdempotencyConflict",
     "InvalidTransition",
+    "LoadError",
     "ParamsError",
     "ReferenceResolutionError",
     "ResultError",
@@ -56,6 +63,7 @@ __all__ = [
     "ScheduleNotFound",
     "Settings",
     "StorageFailure",
+    "StoreNotReady",
     "TaskHandle",
     "TaskState",
     "UnknownTask",

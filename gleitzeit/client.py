@@ -16,8 +16,10 @@ from celery import Celery
 from gleitzeit import codec, strategies
 from gleitzeit.dispatch import Dispatcher
 from gleitzeit.errors import (
+    AmbiguousRunId,
     GraphChanged,
     ParamsError,
+    RunNotFound,
     RunTimeout,
     WorkflowFailed,
 )
@@ -35,6 +37,11 @@ if TYPE_CHECKING:
     from gleitzeit.scheduler import Ticked
 
 log = logging.getLogger(__name__)
+
+#: how many runs an ambiguous id prefix lists
+AMBIGUOUS_SHOWN = 5
+#: the length of a run id (a UUID with its hyphens)
+RUN_ID_LENGTH = 36
 
 
 def plan_run(
@@ -158,7 +165,12 @@ class Run:
 
 
 class Client:
-    """Submits workflows to the store and broker named by the settings (or environment)."""
+    """Submits workflows to the store and broker named by the settings (or environment).
+
+    The store is created or migrated on first use, unless ``create_store=False``: then it
+    must exist with the newest schema (:class:`StoreNotReady` otherwise), as commands that
+    only look at runs want.
+    """
 
     def __init__(
         self,
@@ -167,10 +179,12 @@ class Client:
         *,
         app: Celery | None = None,
         settings: Settings | None = None,
+        create_store: bool = True,
     ) -> None:
         self.settings = settings or Settings.from_env(
             database_url=database_url, broker_url=broker_url
         )
+        self.create_store = create_store
         if app is None:
             from gleitzeit.worker import create_app
 
@@ -181,7 +195,7 @@ class Client:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.from_settings(self.settings)
+            self._store = Store.from_settings(self.settings, existing=not self.create_store)
         return self._store
 
     @property
@@ -210,6 +224,23 @@ class Client:
         submitted = self.store.create_run(plan)
         self.dispatcher.publish(submitted.dispatches)
         return Run(self, submitted.run_id)
+
+    def resolve_run_id(self, prefix: str) -> str:
+        """The id of the one run whose id starts with ``prefix`` (as git takes a commit's).
+
+        Raises :class:`RunNotFound` when none does, :class:`AmbiguousRunId` (listing some
+        of them) when several do. One indexed read of at most a few ids.
+        """
+        found = self.store.run_ids_starting(prefix, limit=AMBIGUOUS_SHOWN + 1) if prefix else []
+        if prefix in found:
+            return prefix
+        if not found:
+            whole = len(prefix) == RUN_ID_LENGTH
+            raise RunNotFound(prefix, prefix=not whole, store=self.store.location)
+        if len(found) > 1:
+            shown = found[:AMBIGUOUS_SHOWN]
+            raise AmbiguousRunId(prefix, shown, more=len(found) > AMBIGUOUS_SHOWN)
+        return found[0]
 
     def get(self, run_id: str) -> Run:
         """The run with this id; raises ``RunNotFound``."""

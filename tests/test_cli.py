@@ -167,6 +167,7 @@ def test_check_passes_with_gleitzeits_settings(redis_server: RedisServer, tmp_pa
         CELERY_BROKER_URL=redis_server.url_for(5),
         GLEITZEIT_DATABASE_URL=f"sqlite:///{tmp_path / 'check.db'}",
     )
+    assert run_cli("db", "upgrade", env=env).returncode == 0
     done = run_cli("check", "-I", "tests.tasks", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok: settings keep gleitzeit's guarantees" in done.stdout
@@ -186,6 +187,7 @@ def test_check_names_each_breaking_setting_and_fails(
         GLEITZEIT_CELERY_CONFIG="badconfig",
     )
     env["PYTHONPATH"] = f"{tmp_path}:{REPO_ROOT}"
+    assert run_cli("db", "upgrade", env=env).returncode == 0
     done = run_cli("check", "-I", "tests.tasks", env=env)
 
     assert done.returncode == 1
