@@ -298,8 +298,10 @@ def ran(tmp_path: Path, flow: str) -> tuple[dict[str, str], str]:
     """Run ``flow`` embedded into a store of its own; its environment and the run's id."""
     path = tmp_path / "flow.yaml"
     path.write_text(flow)
-    env = _env(GLEITZEIT_DATABASE_URL=f"sqlite:///{tmp_path / 'shown.db'}")
-    run_cli("run", str(path), "-I", "tests.tasks", "--quiet", env=env)
+    url = f"sqlite:///{tmp_path / 'shown.db'}"
+    env = _env(GLEITZEIT_DATABASE_URL=url)
+    # embedded runs read no GLEITZEIT_DATABASE_URL: the store is named
+    run_cli("run", str(path), "-I", "tests.tasks", "--quiet", "--database", url, env=env)
     listed = json.loads(run_cli("list", "--json", env=env).stdout)
     return env, listed[0]["id"]
 

@@ -227,9 +227,21 @@ def test_an_unknown_format_is_one_line() -> None:
 
 
 def test_a_run_id_matching_nothing_is_one_line(tmp_path: Path) -> None:
-    line = one_line(gleitzeit("graph", "0f0f0f0f-none", "--db", f"sqlite:///{tmp_path / 'x.db'}"))
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+    gleitzeit("db", "upgrade", "--db", url).check_returncode()
 
-    assert line == "error: no run with id '0f0f0f0f-none'"
+    line = one_line(gleitzeit("graph", "0f0f0f0f", "--db", url))
+
+    assert line == f"error: no run with an id starting with '0f0f0f0f' in the store at {url}"
+
+
+def test_a_missing_store_is_named_and_not_created(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'x.db'}"
+
+    line = one_line(gleitzeit("graph", "0f0f0f0f", "--db", url))
+
+    assert line.startswith(f"error: no store at {url}")
+    assert not (tmp_path / "x.db").exists()
 
 
 @pytest.mark.parametrize(
