@@ -2,11 +2,16 @@
 
 from gleitzeit.client import Client, Run
 from gleitzeit.errors import (
+    AmbiguousRunId,
+    ConfigurationError,
     DispatchFailure,
     GleitzeitError,
     GraphChanged,
+    GraphFormatError,
+    GraphvizError,
     IdempotencyConflict,
     InvalidTransition,
+    LoadError,
     ParamsError,
     ReferenceResolutionError,
     ResultError,
@@ -18,6 +23,7 @@ from gleitzeit.errors import (
     ScheduleError,
     ScheduleNotFound,
     StorageFailure,
+    StoreNotReady,
     UnknownTask,
     WorkerLost,
     WorkflowFailed,
@@ -30,14 +36,19 @@ from gleitzeit.states import RunState, TaskState
 from gleitzeit.workflow import TaskHandle, Workflow, task
 
 __all__ = [
+    "AmbiguousRunId",
     "Backoff",
     "Client",
+    "ConfigurationError",
     "DependencyResolver",
     "DispatchFailure",
     "GleitzeitError",
     "GraphChanged",
+    "GraphFormatError",
+    "GraphvizError",
     "IdempotencyConflict",
     "InvalidTransition",
+    "LoadError",
     "ParamsError",
     "ReferenceResolutionError",
     "ResultError",
@@ -52,6 +63,7 @@ __all__ = [
     "ScheduleNotFound",
     "Settings",
     "StorageFailure",
+    "StoreNotReady",
     "TaskHandle",
     "TaskState",
     "UnknownTask",

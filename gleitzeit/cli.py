@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import sys
 import time
-from collections.abc import Iterator, Sequence
+import traceback
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import click
@@ -17,9 +20,12 @@ from gleitzeit.client import Client, Run
 from gleitzeit.errors import (
     GleitzeitError,
     StorageFailure,
+    StoreNotReady,
     WorkflowFailed,
     WorkflowValidationError,
 )
+from gleitzeit.graph import FORMATS as GRAPH_FORMATS
+from gleitzeit.graph import check_format
 from gleitzeit.health import CHECKS, check_health
 from gleitzeit.loading import import_modules, load_workflow
 from gleitzeit.metrics import serve_metrics
@@ -51,6 +57,33 @@ def _parse_inputs(pairs: Sequence[str], as_json: str | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             inputs[name] = raw
     return inputs
+
+
+#: where a person gives a run's inputs, for a workflow that references one not given
+_INPUTS_HINT = (
+    "give inputs with -i NAME=VALUE or --inputs-json '{...}' "
+    "(a .py workflow file may also define a module-level dict 'inputs')"
+)
+
+
+@contextlib.contextmanager
+def _hint_inputs(workflow: Workflow, inputs: Mapping[str, Any]) -> Iterator[None]:
+    """Add where inputs are given to a validation error about inputs that are not."""
+    try:
+        yield
+    except WorkflowValidationError as exc:
+        if not DependencyResolver(workflow).input_names() <= set(inputs):
+            raise WorkflowValidationError(
+                exc.problems, workflow=exc.workflow, hint=_INPUTS_HINT
+            ) from exc
+        raise
+
+
+def _registered_tasks() -> set[str]:
+    """Names of the Celery tasks a worker of gleitzeit's app would have, after ``-I``."""
+    from gleitzeit.worker import app
+
+    return set(app.tasks.keys())
 
 
 def _print_json(value: Any) -> None:
@@ -128,10 +161,33 @@ def _finish(run: Run, *, all_results: bool) -> None:
         sys.exit(1)
 
 
+#: whether an error shows its traceback (``gleitzeit --debug``, ``GLEITZEIT_DEBUG=1``)
+_debug = False
+
+
 @click.group()
 @click.version_option(package_name="gleitzeit")
-def main() -> None:
+@click.option(
+    "--debug",
+    is_flag=True,
+    envvar="GLEITZEIT_DEBUG",
+    help="Show the traceback of an error (also GLEITZEIT_DEBUG=1).",
+)
+def main(debug: bool) -> None:
     """Durable task graphs for Celery."""
+    global _debug
+    _debug = debug
+
+
+def _looking() -> Client:
+    """A client for commands about runs that exist: it never creates or migrates a store."""
+    return Client(create_store=False)
+
+
+def _resolved(prefix: str) -> tuple[Client, str]:
+    """A client for an existing store and the full id of the run ``prefix`` names."""
+    client = _looking()
+    return client, client.resolve_run_id(prefix)
 
 
 _include = click.option(
@@ -139,7 +195,9 @@ _include = click.option(
 )
 _inputs = click.option("-i", "--input", "pairs", multiple=True, help="An input, NAME=VALUE.")
 _inputs_json = click.option("--inputs-json", help="Inputs as a JSON object.")
-_db = click.option("--db", "database_url", help="Store URL (default GLEITZEIT_DATABASE_URL).")
+_db = click.option(
+    "--database", "--db", "database_url", help="Store URL (default GLEITZEIT_DATABASE_URL)."
+)
 _quiet = click.option(
     "--quiet", is_flag=True, help="No progress (a bar, or a line per ended task) on stderr."
 )
@@ -161,7 +219,17 @@ def _needs_wait(wait_: bool, all_results: bool) -> None:
 @_include
 @_inputs
 @_inputs_json
-@_db
+@click.option(
+    "--database",
+    "--db",
+    "database_url",
+    help="Store URL [default: sqlite:///gleitzeit.db; GLEITZEIT_DATABASE_URL is not read].",
+)
+@click.option(
+    "--broker",
+    "broker_url",
+    help="A broker to use instead of memory [CELERY_BROKER_URL is not read].",
+)
 @click.option("--concurrency", type=int, help="Threads of the in-process worker.")
 @click.option("--key", help="Idempotency key of the run.")
 @_quiet
@@ -172,6 +240,7 @@ def run(
     pairs: Sequence[str],
     inputs_json: str | None,
     database_url: str | None,
+    broker_url: str | None,
     concurrency: int | None,
     key: str | None,
     quiet: bool,
@@ -179,17 +248,25 @@ def run(
 ) -> None:
     """Run FILE's workflow to the end on this machine, with no server (embedded).
 
+    Its messages stay in this process and its store is ./gleitzeit.db, whatever
+    CELERY_BROKER_URL and GLEITZEIT_DATABASE_URL say; --broker and --database choose others.
     Prints the results of the final tasks (those nothing depends on) as JSON.
     """
-    from gleitzeit.embedded import embedded_client
+    from gleitzeit.embedded import embedded_client, queues_of
 
     import_modules(list(include))
     loaded = load_workflow(file)
     inputs = {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}
-    with embedded_client(database_url, concurrency=concurrency) as client:
-        started = client.submit(
-            loaded.workflow, inputs, key=key, registered=client.app.tasks.keys()
-        )
+    with embedded_client(
+        database_url,
+        broker_url=broker_url,
+        concurrency=concurrency,
+        queues=queues_of(loaded.workflow),
+    ) as client:
+        with _hint_inputs(loaded.workflow, inputs):
+            started = client.submit(
+                loaded.workflow, inputs, key=key, registered=client.app.tasks.keys()
+            )
         click.echo(f"run {started.id} ({loaded.workflow.name}) started", err=True)
         if not quiet:
             _show_progress(started)
@@ -204,14 +281,23 @@ def run(
 def validate(
     file: str, include: Sequence[str], pairs: Sequence[str], inputs_json: str | None
 ) -> None:
-    """Check FILE's workflow and print every problem (exit 1 if there is one)."""
+    """Check FILE's workflow and print every problem (exit 1 if there is one).
+
+    Refuses what submit and run refuse: every input the workflow references must be given
+    (-i, --inputs-json, or the file's own 'inputs'); with -I, every task name must be a
+    Celery task registered once those modules are imported (without -I, the workers'
+    tasks are not known here and names are not checked).
+    """
     import_modules(list(include))
     loaded = load_workflow(file)
-    given = _parse_inputs(pairs, inputs_json)
-    inputs = {**loaded.inputs, **given} if (given or loaded.inputs) else None
-    loaded.workflow.validate(inputs)
+    inputs = {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}
+    registered = _registered_tasks() if include else None
+    with _hint_inputs(loaded.workflow, inputs):
+        loaded.workflow.validate(inputs, registered=registered)
+    count = len(loaded.workflow.specs)
     click.echo(
-        f"{file}: workflow {loaded.workflow.name!r} is valid ({len(loaded.workflow.specs)} tasks)"
+        f"{file}: workflow {loaded.workflow.name!r} is valid "
+        f"({count} task{'' if count == 1 else 's'})"
     )
 
 
@@ -241,10 +327,10 @@ def submit(
     _needs_wait(wait_, all_results)
     import_modules(list(include))
     loaded = load_workflow(file)
+    inputs = {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}
     client = Client()
-    started = client.submit(
-        loaded.workflow, {**loaded.inputs, **_parse_inputs(pairs, inputs_json)}, key=key
-    )
+    with _hint_inputs(loaded.workflow, inputs):
+        started = client.submit(loaded.workflow, inputs, key=key)
     click.echo(started.id)
     if wait_:
         if not quiet:
@@ -261,7 +347,8 @@ _json = click.option("--json", "as_json", is_flag=True, help="Print JSON instead
 @_json
 def status(run_id: str, task_id: str | None, as_json: bool) -> None:
     """Print a run and its tasks: state, attempts, time taken, result or error."""
-    store = Client().store
+    client, run_id = _resolved(run_id)
+    store = client.store
     record = store.get_run(run_id)
     if task_id is not None:
         found = store.get_tasks(run_id)
@@ -287,7 +374,8 @@ def status(run_id: str, task_id: str | None, as_json: bool) -> None:
 @click.argument("run_id")
 def watch(run_id: str) -> None:
     """Follow a run until it ends: a progress bar on a terminal, else a line per ended task."""
-    run_ = Client().get(run_id)
+    client, run_id = _resolved(run_id)
+    run_ = client.get(run_id)
     _show_progress(run_)
     click.echo(f"run {run_id} {run_.status}")
 
@@ -299,7 +387,7 @@ def watch(run_id: str) -> None:
 @_json
 def list_runs(status_: str | None, name: str | None, limit: int, as_json: bool) -> None:
     """List the newest runs: state, tasks done, when submitted and ended, time taken."""
-    found = Client().runs(status=status_, name=name, limit=limit)
+    found = _looking().runs(status=status_, name=name, limit=limit)
     if as_json:
         _print_json(display.as_json(found))
     elif found:
@@ -310,7 +398,8 @@ def list_runs(status_: str | None, name: str | None, limit: int, as_json: bool) 
 @click.argument("run_id")
 def history(run_id: str) -> None:
     """Print a run's events in order, with who or what caused each."""
-    for event in Client().get(run_id).history():
+    client, run_id = _resolved(run_id)
+    for event in client.get(run_id).history():
         stamp = time.strftime("%H:%M:%S", time.localtime(event.created_at))
         where = f" {event.task_id}" if event.task_id else ""
         where += f"#{event.attempt}" if event.task_id and event.attempt else ""
@@ -318,6 +407,56 @@ def history(run_id: str) -> None:
         by = data.pop("by", None) or data.pop("worker", None)
         line = f"{stamp} {event.type}{where}" + (f"  by {by}" if by else "")
         click.echo(line + (f"  {json.dumps(data, default=str)}" if data else ""))
+
+
+_WORKFLOW_SUFFIXES = (".py", ".json", ".yaml", ".yml")
+
+
+@main.command()
+@click.argument("target", metavar="RUN|FILE")
+@click.option(
+    "-f",
+    "--format",
+    "format_",
+    default="mermaid",
+    show_default=True,
+    help=f"One of {', '.join(GRAPH_FORMATS)}; svg needs Graphviz's dot.",
+)
+@click.option(
+    "-o", "--output", type=click.Path(dir_okay=False), help="Write to PATH, not standard output."
+)
+@_include
+@_db
+def graph(
+    target: str,
+    format_: str,
+    output: str | None,
+    include: Sequence[str],
+    database_url: str | None,
+) -> None:
+    """Draw a run's graph colored by its tasks' states (RUN: a run id), or a workflow's
+    (FILE: as `validate` takes it)."""
+    check_format(format_)
+    if Path(target).exists() or Path(target).suffix.lower() in _WORKFLOW_SUFFIXES:
+        import_modules(list(include))
+        try:
+            loaded = load_workflow(target)
+        except WorkflowValidationError as exc:  # not a workflow: one line, as every error
+            click.echo(f"error: {'; '.join(exc.problems)}", err=True)
+            sys.exit(1)
+        drawn = loaded.workflow.graph(format_)
+    else:
+        client = Client(database_url=database_url, create_store=False)
+        drawn = client.graph(client.resolve_run_id(target), format=format_)
+    if output is None:
+        click.echo(drawn, nl=False)
+        return
+    try:
+        Path(output).write_text(drawn)
+    except OSError as exc:
+        click.echo(f"error: cannot write {output}: {exc.strerror or exc}", err=True)
+        sys.exit(1)
+    click.echo(f"{output}: {format_} graph of {target}", err=True)
 
 
 @main.command()
@@ -336,7 +475,8 @@ def history(run_id: str) -> None:
     "--file",
     "workflow_file",
     type=click.Path(dir_okay=False),
-    help="The workflow's definition now; a retry against a changed one needs --force.",
+    help="The workflow's definition now: a retry against changed params or options needs "
+    "--force; a changed shape needs a new run (gleitzeit submit).",
 )
 @_include
 @click.option("--force", is_flag=True, help="Rerun the tasks a changed --file changes.")
@@ -361,7 +501,7 @@ def retry(
     """
     _needs_wait(wait_, all_results)
     import_modules(list(include))
-    client = Client()
+    client, run_id = _resolved(run_id)
     given = _parse_inputs(pairs, inputs_json)
     inputs = {**client.get(run_id).record.inputs, **given} if given else None
     workflow = load_workflow(workflow_file).workflow if workflow_file else None
@@ -382,7 +522,8 @@ def retry(
 )
 def cancel(run_id: str, no_terminate: bool) -> None:
     """Cancel a run: nothing more starts, queued messages are revoked."""
-    changed = Client().cancel(run_id, terminate=not no_terminate)
+    client, run_id = _resolved(run_id)
+    changed = client.cancel(run_id, terminate=not no_terminate)
     click.echo(f"run {run_id} " + ("cancelled" if changed else "was cancelled already"))
 
 
@@ -390,7 +531,8 @@ def cancel(run_id: str, no_terminate: bool) -> None:
 @click.argument("run_id")
 def pause(run_id: str) -> None:
     """Pause a run: nothing more is dispatched or started; running tasks finish."""
-    changed = Client().pause(run_id)
+    client, run_id = _resolved(run_id)
+    changed = client.pause(run_id)
     click.echo(f"run {run_id} " + ("paused" if changed else "was paused already"))
 
 
@@ -398,7 +540,8 @@ def pause(run_id: str) -> None:
 @click.argument("run_id")
 def resume(run_id: str) -> None:
     """Resume a paused run."""
-    changed = Client().resume(run_id)
+    client, run_id = _resolved(run_id)
+    changed = client.resume(run_id)
     click.echo(f"run {run_id} " + ("resumed" if changed else "was running already"))
 
 
@@ -462,7 +605,9 @@ def _reach(app: Any, settings: Settings) -> list[Finding]:
     """Findings for a store or broker that does not answer."""
     found = []
     try:
-        Store.from_settings(settings)
+        Store.from_settings(settings, existing=True)  # a check creates and migrates nothing
+    except StoreNotReady as exc:
+        found.append(Finding("error", "GLEITZEIT_DATABASE_URL", str(exc)))
     except StorageFailure as exc:
         found.append(Finding("error", "GLEITZEIT_DATABASE_URL", f"store unreachable: {exc}"))
     try:
@@ -526,12 +671,19 @@ def db() -> None:
 @_db
 def upgrade(database_url: str | None) -> None:
     """Create or migrate the store's tables to the newest schema."""
-    from gleitzeit.store.engine import engine_for
-    from gleitzeit.store.migrate import upgrade as run_upgrade
+    store = Store.open(Settings.from_env(database_url=database_url).database_url)
+    click.echo(f"store at {store.location} is up to date")
 
-    url = Settings.from_env(database_url=database_url).database_url
-    run_upgrade(engine_for(url))
-    click.echo(f"store at {engine_for(url).url.render_as_string(hide_password=True)} is up to date")
+
+def _message(exc: Exception) -> str:
+    """An error as the one line (or, for an invalid workflow, the list) a person reads."""
+    if isinstance(exc, WorkflowValidationError):
+        return str(exc)
+    if isinstance(exc, GleitzeitError):
+        return f"error: {exc}"
+    # not translated where it arose: say what it is, and how to see where
+    text = (str(exc).strip().splitlines() or [""])[0]
+    return f"error: {type(exc).__name__}: {text} (gleitzeit --debug shows where)"
 
 
 @main.group()
@@ -616,17 +768,17 @@ def schedule_resume(name: str) -> None:
 
 
 def entry() -> None:
-    """The console script: errors as one clear message and exit status 1."""
+    """The console script: an error is one clear message and exit status 1; with
+    ``--debug`` (or ``GLEITZEIT_DEBUG=1``) its traceback comes first."""
     try:
         main(standalone_mode=False)
-    except WorkflowValidationError as exc:
-        click.echo(str(exc), err=True)
-        sys.exit(1)
-    except GleitzeitError as exc:
-        click.echo(f"error: {exc}", err=True)
-        sys.exit(1)
-    except click.exceptions.Abort:
+    except (click.exceptions.Abort, KeyboardInterrupt):
         sys.exit(130)
     except click.ClickException as exc:
         exc.show()
         sys.exit(exc.exit_code)
+    except Exception as exc:
+        if _debug:
+            traceback.print_exception(exc)
+        click.echo(_message(exc), err=True)
+        sys.exit(1)

@@ -16,11 +16,14 @@ from celery import Celery
 from gleitzeit import codec, strategies
 from gleitzeit.dispatch import Dispatcher
 from gleitzeit.errors import (
+    AmbiguousRunId,
     GraphChanged,
     ParamsError,
+    RunNotFound,
     RunTimeout,
     WorkflowFailed,
 )
+from gleitzeit.graph import check_format, render, run_graph
 from gleitzeit.reconcile import Reconciled, Reconciler
 from gleitzeit.resolver import DependencyResolver
 from gleitzeit.settings import Settings
@@ -34,6 +37,11 @@ if TYPE_CHECKING:
     from gleitzeit.scheduler import Ticked
 
 log = logging.getLogger(__name__)
+
+#: how many runs an ambiguous id prefix lists
+AMBIGUOUS_SHOWN = 5
+#: the length of a run id (a UUID with its hyphens)
+RUN_ID_LENGTH = 36
 
 
 def plan_run(
@@ -127,6 +135,10 @@ class Run:
         """The run's events, in the order they happened."""
         return self.client.store.get_events(self.id)
 
+    def graph(self, format: str = "mermaid") -> str:
+        """The run's graph colored by its tasks' states (:meth:`Client.graph`)."""
+        return self.client.graph(self.id, format=format)
+
     def wait(self, timeout: float | None = None, *, interval: float = 0.5) -> dict[str, Any]:
         """Wait for the run to end; return ``{task_id: result}`` or raise ``WorkflowFailed``.
 
@@ -153,7 +165,12 @@ class Run:
 
 
 class Client:
-    """Submits workflows to the store and broker named by the settings (or environment)."""
+    """Submits workflows to the store and broker named by the settings (or environment).
+
+    The store is created or migrated on first use, unless ``create_store=False``: then it
+    must exist with the newest schema (:class:`StoreNotReady` otherwise), as commands that
+    only look at runs want.
+    """
 
     def __init__(
         self,
@@ -162,10 +179,12 @@ class Client:
         *,
         app: Celery | None = None,
         settings: Settings | None = None,
+        create_store: bool = True,
     ) -> None:
         self.settings = settings or Settings.from_env(
             database_url=database_url, broker_url=broker_url
         )
+        self.create_store = create_store
         if app is None:
             from gleitzeit.worker import create_app
 
@@ -176,7 +195,7 @@ class Client:
     @property
     def store(self) -> Store:
         if self._store is None:
-            self._store = Store.from_settings(self.settings)
+            self._store = Store.from_settings(self.settings, existing=not self.create_store)
         return self._store
 
     @property
@@ -206,10 +225,38 @@ class Client:
         self.dispatcher.publish(submitted.dispatches)
         return Run(self, submitted.run_id)
 
+    def resolve_run_id(self, prefix: str) -> str:
+        """The id of the one run whose id starts with ``prefix`` (as git takes a commit's).
+
+        Raises :class:`RunNotFound` when none does, :class:`AmbiguousRunId` (listing some
+        of them) when several do. One indexed read of at most a few ids.
+        """
+        found = self.store.run_ids_starting(prefix, limit=AMBIGUOUS_SHOWN + 1) if prefix else []
+        if prefix in found:
+            return prefix
+        if not found:
+            whole = len(prefix) == RUN_ID_LENGTH
+            raise RunNotFound(prefix, prefix=not whole, store=self.store.location)
+        if len(found) > 1:
+            shown = found[:AMBIGUOUS_SHOWN]
+            raise AmbiguousRunId(prefix, shown, more=len(found) > AMBIGUOUS_SHOWN)
+        return found[0]
+
     def get(self, run_id: str) -> Run:
         """The run with this id; raises ``RunNotFound``."""
         self.store.get_run(run_id)
         return Run(self, run_id)
+
+    def graph(self, run_id: str, *, format: str = "mermaid") -> str:
+        """The run's graph drawn as ``"mermaid"``, ``"dot"``, ``"svg"`` (needs Graphviz's
+        ``dot``) or ``"json"``, its tasks colored by state, with a legend
+        (:mod:`gleitzeit.graph`). Raises ``RunNotFound``, ``GraphFormatError`` or
+        ``GraphvizError``."""
+        check_format(format)
+        record, tasks = self.store.get_run_statuses(run_id)
+        workflow = Workflow.from_dict(record.graph, source=f"run {run_id}")
+        drawn = run_graph(workflow, tasks, run_id=run_id, run_state=record.state)
+        return render(drawn, format)
 
     def runs(
         self, *, status: str | None = None, name: str | None = None, limit: int = 50

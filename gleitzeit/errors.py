@@ -17,14 +17,19 @@ class GleitzeitError(Exception):
 class WorkflowValidationError(GleitzeitError, ValueError):
     """A workflow definition is invalid; ``.problems`` lists every problem found."""
 
-    def __init__(self, problems: Iterable[str], *, workflow: str | None = None) -> None:
+    def __init__(
+        self, problems: Iterable[str], *, workflow: str | None = None, hint: str | None = None
+    ) -> None:
         self.problems: list[str] = list(problems)
         self.workflow = workflow
+        #: what to do about it, where that is known (the CLI: how inputs are given)
+        self.hint = hint
         where = f"workflow {workflow!r}" if workflow else "workflow"
         lines = "\n".join(f"  - {p}" for p in self.problems)
         count = len(self.problems)
         noun = "problem" if count == 1 else "problems"
-        super().__init__(f"{where} is invalid ({count} {noun}):\n{lines}")
+        after = f"\n{hint}" if hint else ""
+        super().__init__(f"{where} is invalid ({count} {noun}):\n{lines}{after}")
 
 
 class ReferenceResolutionError(GleitzeitError):
@@ -56,10 +61,33 @@ class IdempotencyConflict(GleitzeitError):
 
 
 class RunNotFound(GleitzeitError, KeyError):
-    """No run with that id exists in the store."""
+    """No run with that id (or, from ``Client.resolve_run_id``, that id prefix) is in the store."""
+
+    def __init__(self, run_id: str, *, prefix: bool = False, store: str | None = None) -> None:
+        super().__init__(run_id)
+        self.run_id = run_id
+        self.prefix = prefix
+        #: the store looked in, its password masked
+        self.store = store
 
     def __str__(self) -> str:
-        return f"no run with id {self.args[0]!r}"
+        what = "an id starting with" if self.prefix else "id"
+        where = f" in the store at {self.store}" if self.store else ""
+        return f"no run with {what} {self.run_id!r}{where}"
+
+
+class AmbiguousRunId(GleitzeitError, KeyError):
+    """A run id prefix matches more than one run; ``.matches`` lists some of them."""
+
+    def __init__(self, prefix: str, matches: Iterable[str], *, more: bool = False) -> None:
+        self.prefix = prefix
+        self.matches = list(matches)
+        super().__init__(prefix, self.matches)
+        self.more = more
+
+    def __str__(self) -> str:
+        listed = ", ".join(self.matches) + (", ..." if self.more else "")
+        return f"run id {self.prefix!r} is ambiguous: runs {listed} start with it; give more of it"
 
 
 class WorkflowFailed(GleitzeitError):
@@ -93,6 +121,20 @@ class StorageFailure(GleitzeitError):
     def __init__(self, message: str, *, transient: bool = False) -> None:
         super().__init__(message)
         self.transient = transient
+
+
+class StoreNotReady(StorageFailure):
+    """A command that only reads found no store, or one whose schema is not current; it
+    creates and migrates nothing (``gleitzeit db upgrade`` does)."""
+
+
+class ConfigurationError(GleitzeitError, ValueError):
+    """A setting or option that cannot work as given: a malformed URL, a driver not installed."""
+
+
+class LoadError(GleitzeitError):
+    """A workflow file or task module could not be loaded: missing, a syntax error, a
+    failing import; the message names the file and line."""
 
 
 class RunControlError(GleitzeitError, ValueError):
@@ -157,6 +199,14 @@ class InvalidTransition(GleitzeitError):
 
     def __init__(self, kind: str, old: str, new: str) -> None:
         super().__init__(f"{kind} cannot go from {old!r} to {new!r}")
+
+
+class GraphFormatError(GleitzeitError, ValueError):
+    """A graph was asked for in a format gleitzeit does not draw."""
+
+
+class GraphvizError(GleitzeitError):
+    """Graphviz's ``dot``, which draws a graph as SVG, is not installed or failed."""
 
 
 def describe(value: Any) -> str:

@@ -28,7 +28,13 @@ from typing import Any
 from gleitzeit import codec, policy, refs
 from gleitzeit.crashpoints import crash_point
 from gleitzeit.dispatch import Dispatcher, LedgerMarks
-from gleitzeit.errors import ReferenceResolutionError, ResultError, StorageFailure, UnknownTask
+from gleitzeit.errors import (
+    ReferenceResolutionError,
+    ResultError,
+    RunNotFound,
+    StorageFailure,
+    UnknownTask,
+)
 from gleitzeit.policy import Backoff
 from gleitzeit.settings import Settings
 from gleitzeit.store import ErrorInfo, Store
@@ -170,13 +176,7 @@ class Executor:
             self.marks.give_back(marks)
             raise
         if started is None:
-            log.info(
-                "run %s task %s attempt %d: duplicate or stale message, no work",
-                run_id,
-                task_id,
-                attempt,
-            )
-            self._recover_if_holder_gone(run_id, task_id, attempt)
+            self._no_work(run_id, task_id, attempt)
             return
         crash_point("after_start_commit")
         # the lease is the attempt's until its outcome is recorded: a record that waits
@@ -201,6 +201,32 @@ class Executor:
                 # message is acknowledged (the task returns) only once it has
                 confirmed = self.store.confirm_success(run_id, task_id, attempt, result)
                 self.dispatcher.publish(confirmed.dispatches)
+
+    def _no_work(self, run_id: str, task_id: str, attempt: int) -> None:
+        """A message that starts nothing: a duplicate or stale one, or one from elsewhere."""
+        try:
+            self.store.get_progress(run_id)
+        except RunNotFound:
+            # not stale: no store that held this run ever dispatched to this worker
+            log.warning(
+                "run %s task %s attempt %d: no such run in this worker's store (%s); the "
+                "message is dropped. Another deployment, or an embedded run given --broker, "
+                "sends to this broker with another store: check that its "
+                "GLEITZEIT_DATABASE_URL is this worker's, or give each store its own broker "
+                "or queue",
+                run_id,
+                task_id,
+                attempt,
+                self.store.location,
+            )
+            return
+        log.info(
+            "run %s task %s attempt %d: duplicate or stale message, no work",
+            run_id,
+            task_id,
+            attempt,
+        )
+        self._recover_if_holder_gone(run_id, task_id, attempt)
 
     def _recover_if_holder_gone(self, run_id: str, task_id: str, attempt: int) -> None:
         """A redelivered message whose attempt's process on this machine has died."""

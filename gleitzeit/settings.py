@@ -8,6 +8,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from gleitzeit.codec import DEFAULT_RESULT_LIMIT
+from gleitzeit.errors import ConfigurationError
 
 DEFAULT_DATABASE_URL = "sqlite:///gleitzeit.db"
 DEFAULT_BROKER_URL = "redis://localhost:6379/0"
@@ -87,7 +88,7 @@ def _number(name: str, raw: str, *, whole: bool) -> float | int:
         value: float | int = int(raw) if whole else float(raw)
     except ValueError:
         kind = "a whole number" if whole else "a number"
-        raise ValueError(f"{name} must be {kind}, got {raw!r}") from None
+        raise ConfigurationError(f"{name} must be {kind}, got {raw!r}") from None
     if value <= 0:
-        raise ValueError(f"{name} must be greater than 0, got {raw!r}")
+        raise ConfigurationError(f"{name} must be greater than 0, got {raw!r}")
     return value

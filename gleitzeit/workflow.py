@@ -292,6 +292,15 @@ class Workflow:
 
         DependencyResolver(self).validate(inputs=inputs, registered=registered)
 
+    def graph(self, format: str = "mermaid") -> str:
+        """The workflow's graph drawn as ``"mermaid"``, ``"dot"``, ``"svg"`` (needs
+        Graphviz's ``dot``) or ``"json"`` (:mod:`gleitzeit.graph`); raises
+        :class:`WorkflowValidationError` for a graph that is not valid."""
+        from gleitzeit.graph import check_format, definition_graph, render
+
+        check_format(format)
+        return render(definition_graph(self), format)
+
     # -- the data form ---------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:

@@ -3,7 +3,8 @@
 #
 # Works from a fresh Debian/Ubuntu machine with only python3 (>= 3.10): it makes .venv, installs
 # the package with its test extras, and (as root) installs redis-server, which the integration
-# tests start on their own free ports. Then: ruff, mypy, pytest. Any failure fails the script.
+# tests start on their own free ports, and Graphviz, whose dot the graph tests run. Then: ruff,
+# mypy, pytest. Any failure fails the script.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 
@@ -52,6 +53,16 @@ install it (Debian/Ubuntu: sudo apt-get install redis-server, macOS: brew instal
     command -v redis-server >/dev/null 2>&1 || die "redis-server still not on PATH after apt-get"
 }
 
+# The graph tests draw SVG with Graphviz's dot, as `gleitzeit graph --format svg` does.
+ensure_graphviz() {
+    command -v dot >/dev/null 2>&1 && return
+    can_apt_install || die "Graphviz's dot is not on PATH. The graph tests draw SVG with it;
+install it (Debian/Ubuntu: sudo apt-get install graphviz, macOS: brew install graphviz) and rerun."
+    echo "installing graphviz with apt-get"
+    apt_install graphviz
+    command -v dot >/dev/null 2>&1 || die "dot still not on PATH after apt-get install graphviz"
+}
+
 section "Python environment (.venv)"
 ensure_venv
 .venv/bin/pip install -q -e '.[test]'
@@ -59,6 +70,10 @@ ensure_venv
 section "redis-server"
 ensure_redis_server
 redis-server --version
+
+section "graphviz"
+ensure_graphviz
+dot -V
 
 section "ruff"
 .venv/bin/ruff check gleitzeit tests scripts examples

@@ -167,6 +167,7 @@ def test_check_passes_with_gleitzeits_settings(redis_server: RedisServer, tmp_pa
         CELERY_BROKER_URL=redis_server.url_for(5),
         GLEITZEIT_DATABASE_URL=f"sqlite:///{tmp_path / 'check.db'}",
     )
+    assert run_cli("db", "upgrade", env=env).returncode == 0
     done = run_cli("check", "-I", "tests.tasks", env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     assert "ok: settings keep gleitzeit's guarantees" in done.stdout
@@ -186,6 +187,7 @@ def test_check_names_each_breaking_setting_and_fails(
         GLEITZEIT_CELERY_CONFIG="badconfig",
     )
     env["PYTHONPATH"] = f"{tmp_path}:{REPO_ROOT}"
+    assert run_cli("db", "upgrade", env=env).returncode == 0
     done = run_cli("check", "-I", "tests.tasks", env=env)
 
     assert done.returncode == 1
@@ -296,8 +298,10 @@ def ran(tmp_path: Path, flow: str) -> tuple[dict[str, str], str]:
     """Run ``flow`` embedded into a store of its own; its environment and the run's id."""
     path = tmp_path / "flow.yaml"
     path.write_text(flow)
-    env = _env(GLEITZEIT_DATABASE_URL=f"sqlite:///{tmp_path / 'shown.db'}")
-    run_cli("run", str(path), "-I", "tests.tasks", "--quiet", env=env)
+    url = f"sqlite:///{tmp_path / 'shown.db'}"
+    env = _env(GLEITZEIT_DATABASE_URL=url)
+    # embedded runs read no GLEITZEIT_DATABASE_URL: the store is named
+    run_cli("run", str(path), "-I", "tests.tasks", "--quiet", "--database", url, env=env)
     listed = json.loads(run_cli("list", "--json", env=env).stdout)
     return env, listed[0]["id"]
 

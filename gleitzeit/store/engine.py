@@ -12,6 +12,7 @@ the parent's sockets), which is what Celery's prefork pool needs.
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -19,13 +20,18 @@ from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, OperationalError
+
+from gleitzeit.errors import ConfigurationError
 
 SQLITE_BUSY_TIMEOUT_MS = 30_000
 #: first and longest pause, in seconds, between tries to take SQLite's write lock
 SQLITE_WRITE_LOCK_PAUSES = (0.0001, 0.002)
 #: page cache per connection, in KiB (SQLite's default, 2 MiB, holds a few thousand tasks)
 SQLITE_CACHE_KIB = 32 * 1024
+
+#: seconds a PostgreSQL connection may take to open, unless the URL says (connect_timeout=)
+PG_CONNECT_TIMEOUT = 10
 
 _engines: dict[tuple[int, str], Engine] = {}
 _lock = threading.Lock()
@@ -52,6 +58,43 @@ def sqlite_file_missing(url: str) -> str | None:
     if database and database != ":memory:" and not os.path.isfile(database):
         return database
     return None
+
+
+def masked_url(url: str) -> str:
+    """``url`` fit to print: its password replaced by ``***``."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r":[^:@/]*@", ":***@", url)
+
+
+def _bad_url(url: str, exc: Exception) -> ConfigurationError:
+    """What is wrong with a database URL SQLAlchemy refused, and what one looks like."""
+    shown = masked_url(url)
+    if isinstance(exc, NoSuchModuleError):
+        scheme = shown.partition("://")[0]
+        why = f"no database is known by {scheme!r}"
+    elif "://" not in url:
+        path = os.path.abspath(url)
+        why = f"it is not a URL (for a SQLite file there: sqlite:///{path})"
+    else:
+        why = "it cannot be parsed"
+    return ConfigurationError(
+        f"database URL {shown!r} (GLEITZEIT_DATABASE_URL or --database): {why}; gleitzeit "
+        "takes sqlite:///path/to/file.db or postgresql://user:password@host/database"
+    )
+
+
+def _missing_driver(url: str, exc: ImportError) -> ConfigurationError:
+    shown = masked_url(url)
+    if make_url(url).get_backend_name() == "postgresql":
+        return ConfigurationError(
+            f"the store at {shown} is PostgreSQL, whose driver (psycopg 3) is not installed: "
+            "pip install 'gleitzeit[postgres]'"
+        )
+    return ConfigurationError(
+        f"the store at {shown} needs a database driver that is not installed: {exc}"
+    )
 
 
 def _configure_sqlite(engine: Engine) -> None:
@@ -112,8 +155,21 @@ def _is_busy(exc: sqlite3.OperationalError) -> bool:
 
 
 def make_engine(url: str) -> Engine:
-    """A new engine for ``url`` with gleitzeit's settings for its database."""
+    """A new engine for ``url`` with gleitzeit's settings for its database.
+
+    Raises :class:`ConfigurationError` for a URL that names no database gleitzeit can
+    use, or one whose driver is not installed.
+    """
     url = normalize_url(url)
+    try:
+        return _make_engine(url)
+    except ArgumentError as exc:  # NoSuchModuleError too: an unknown scheme
+        raise _bad_url(url, exc) from exc
+    except ImportError as exc:  # the dialect imports its driver when the engine is made
+        raise _missing_driver(url, exc) from exc
+
+
+def _make_engine(url: str) -> Engine:
     if is_sqlite(url):
         engine = create_engine(
             url,
@@ -124,7 +180,11 @@ def make_engine(url: str) -> Engine:
     # no pre-ping (a round trip per checkout): a connection found dead by its first
     # statement is invalidated, with the rest of the pool, and the store's transaction
     # retries on a new one
-    engine = create_engine(url, pool_size=5, max_overflow=10)
+    # a host that drops packets fails a connection after this long, not after the
+    # system's TCP timeout (minutes): the store's retries, or a person, decide what next
+    given = make_url(url).query
+    timeout = {} if "connect_timeout" in given else {"connect_timeout": PG_CONNECT_TIMEOUT}
+    engine = create_engine(url, pool_size=5, max_overflow=10, connect_args=timeout)
     _configure_postgres(engine)
     return engine
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, and_, bindparam, select
+from sqlalchemy import Connection, Select, and_, bindparam, select
 
 from gleitzeit import codec
 from gleitzeit.errors import RunNotFound
@@ -17,6 +17,7 @@ from gleitzeit.store.records import (
     RunProgress,
     RunRecord,
     TaskRecord,
+    TaskStatus,
     message_id,
 )
 from gleitzeit.store.tables import (
@@ -34,6 +35,11 @@ from gleitzeit.store.tables import (
 _PROGRESS = select(
     runs.c.state, runs.c.tasks_total, runs.c.tasks_unfinished, runs.c.tasks_failed
 ).where(runs.c.id == bindparam("r"))
+
+#: what drawing a run's graph needs of its tasks: no params, results or timings
+_STATUSES = select(
+    tasks.c.task_id, tasks.c.state, tasks.c.attempt, tasks.c.error_type, tasks.c.error_message
+).where(tasks.c.run_id == bindparam("r"))
 
 #: a run's row with its definition
 _RUNS = select(runs, run_definitions.c.graph, run_definitions.c.inputs).join(
@@ -58,6 +64,48 @@ def get_progress(conn: Connection, run_id: str) -> RunProgress:
         tasks_unfinished=row.tasks_unfinished,
         tasks_failed=row.tasks_failed,
     )
+
+
+#: the digits of a run id (a UUID's, with its hyphens) in the order every collation gives them
+_ID_DIGITS = "0123456789abcdef"
+
+
+def prefix_range(prefix: str) -> tuple[str, str | None]:
+    """Bounds ``low <= id < high`` around every id starting with ``prefix`` (``high`` None:
+    no upper bound), so that the primary key's index reads only them.
+
+    For a prefix of a UUID the upper bound counts up in hex digits, leaving the hyphens
+    out: PostgreSQL under a language's collation (``en_US.UTF-8``) ignores hyphens when it
+    orders, and its digits and ``a-f`` come in this order under every collation; the range
+    may then hold a few ids the ``LIKE`` beside it leaves out. Any other prefix takes
+    the next code point (byte order: SQLite, PostgreSQL's ``C`` collation).
+    """
+    digits = prefix.replace("-", "")
+    if digits and all(c in _ID_DIGITS for c in digits):
+        head = digits.rstrip("f")
+        if not head:
+            return prefix, None
+        return prefix, head[:-1] + _ID_DIGITS[_ID_DIGITS.index(head[-1]) + 1]
+    if not prefix:
+        return prefix, None
+    return prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1)
+
+
+def run_ids_query(prefix: str, *, limit: int) -> Select[Any]:
+    """Ids starting with ``prefix``, in order: a range of the primary key's index."""
+    low, high = prefix_range(prefix)
+    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+    query = (
+        select(runs.c.id)
+        .where(runs.c.id >= low, runs.c.id.like(escaped + "%", escape="\\"))
+        .order_by(runs.c.id)
+        .limit(limit)
+    )
+    return query if high is None else query.where(runs.c.id < high)
+
+
+def run_ids_starting(conn: Connection, prefix: str, *, limit: int) -> list[str]:
+    return list(conn.execute(run_ids_query(prefix, limit=limit)).scalars())
 
 
 def list_runs(
@@ -137,6 +185,19 @@ def get_tasks(
             by_task.setdefault(row.task_id, []).append(_attempt_record(row))
     found = conn.execute(select(tasks).where(tasks.c.run_id == run_id)).all()
     return {row.task_id: _task_record(row, by_task.get(row.task_id, [])) for row in found}
+
+
+def get_task_statuses(conn: Connection, run_id: str) -> dict[str, TaskStatus]:
+    return {
+        row.task_id: TaskStatus(
+            task_id=row.task_id,
+            state=TaskState(row.state),
+            attempt=row.attempt,
+            error_type=row.error_type,
+            error_message=row.error_message,
+        )
+        for row in conn.execute(_STATUSES, {"r": run_id})
+    }
 
 
 #: the order of events at the same instant (SQLite's clock has 1 ms steps): a task's

@@ -189,6 +189,24 @@ class TaskRecord:
 
 
 @dataclass(frozen=True)
+class TaskStatus:
+    """A task's state, attempt and error, without its params, result or timings: what
+    drawing a run's graph reads."""
+
+    task_id: str
+    state: TaskState
+    attempt: int
+    error_type: str | None
+    error_message: str | None
+
+    @property
+    def error(self) -> str | None:
+        if self.error_type is None:
+            return None
+        return f"{self.error_type}: {self.error_message}"
+
+
+@dataclass(frozen=True)
 class EventRecord:
     """One event of a run's history.
 

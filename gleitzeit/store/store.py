@@ -12,6 +12,7 @@ errors (a lost connection, SQLite busy, a PostgreSQL deadlock) are retried first
 from __future__ import annotations
 
 import logging
+import os
 import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
@@ -22,7 +23,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_random_exponential
 
 from gleitzeit import codec
-from gleitzeit.errors import IdempotencyConflict, StorageFailure
+from gleitzeit.errors import IdempotencyConflict, StorageFailure, StoreNotReady
 from gleitzeit.policy import Backoff
 from gleitzeit.schedules import Cron
 from gleitzeit.settings import Settings
@@ -43,8 +44,8 @@ from gleitzeit.store import (
     steps,
     sweep,
 )
-from gleitzeit.store.engine import engine_for
-from gleitzeit.store.migrate import ensure_schema
+from gleitzeit.store.engine import engine_for, masked_url
+from gleitzeit.store.migrate import current_revision, ensure_schema, head_revision
 from gleitzeit.store.records import (
     DispatchRecord,
     DueSchedule,
@@ -65,6 +66,7 @@ from gleitzeit.store.records import (
     StuckRun,
     Submitted,
     TaskRecord,
+    TaskStatus,
     message_id,
 )
 from gleitzeit.store.tables import (
@@ -94,6 +96,27 @@ def _is_transient(exc: BaseException) -> bool:
 
 def _storage_failure(exc: SQLAlchemyError) -> StorageFailure:
     return StorageFailure(f"store operation failed: {exc}", transient=_is_transient(exc))
+
+
+def _open_failure(engine: Engine, doing: str, exc: SQLAlchemyError) -> StorageFailure:
+    """Why the store at ``engine`` could not be opened: unreachable, or ``doing`` failed."""
+    where = masked_url(str(engine.url))
+    cause = getattr(exc, "orig", None) or exc
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    if _is_transient(exc):
+        return StorageFailure(f"cannot reach the store at {where}: {reason}", transient=True)
+    return StorageFailure(f"cannot {doing} the store at {where}: {reason}")
+
+
+def _missing_sqlite_file(engine: Engine) -> str | None:
+    """The path of a SQLite store's file that does not exist (connecting would create it)."""
+    url = engine.url
+    if url.get_backend_name() != "sqlite" or url.query.get("mode"):
+        return None
+    path = url.database
+    if not path or path == ":memory:" or path.startswith("file:"):
+        return None
+    return None if os.path.exists(path) else path
 
 
 class Store:
@@ -135,19 +158,72 @@ class Store:
             try:
                 ensure_schema(engine)
             except SQLAlchemyError as exc:
-                raise StorageFailure(f"cannot migrate the store at {engine.url!r}: {exc}") from exc
+                raise _open_failure(engine, "migrate", exc) from exc
             cls._migrated.add(id(engine))
         return cls(engine, lease_seconds=lease_seconds, retry_seconds=retry_seconds)
 
     @classmethod
-    def from_settings(cls, settings: Settings, *, migrate: bool = True) -> Store:
-        """The store ``settings`` name, with their lease and retry durations."""
+    def open_existing(
+        cls,
+        url: str,
+        *,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        retry_seconds: float = DEFAULT_RETRY_SECONDS,
+    ) -> Store:
+        """The store at ``url`` as it is, for looking: never created, never migrated.
+
+        Raises :class:`StoreNotReady` when there is no store at ``url`` or its schema is
+        not the newest, and a transient :class:`StorageFailure` when the database cannot
+        be reached; the schema is read once, without retrying, since someone is waiting
+        for the answer (later operations retry as usual).
+        """
+        engine = engine_for(url)
+        where = masked_url(str(engine.url))
+        missing = _missing_sqlite_file(engine)
+        if missing is not None:
+            raise StoreNotReady(
+                f"no store at {where} ({os.path.abspath(missing)} does not exist): create it with "
+                "'gleitzeit db upgrade', or name yours with GLEITZEIT_DATABASE_URL"
+            )
+        if id(engine) not in cls._migrated:
+            try:
+                current, head = current_revision(engine), head_revision(engine)
+            except SQLAlchemyError as exc:
+                raise _open_failure(engine, "read", exc) from exc
+            if current != head:
+                state = (
+                    "has no gleitzeit tables"
+                    if current is None
+                    else f"has schema revision {current}, this gleitzeit needs {head}"
+                )
+                raise StoreNotReady(
+                    f"the store at {where} {state}: run 'gleitzeit db upgrade' on it"
+                )
+        return cls(engine, lease_seconds=lease_seconds, retry_seconds=retry_seconds)
+
+    @classmethod
+    def from_settings(
+        cls, settings: Settings, *, migrate: bool = True, existing: bool = False
+    ) -> Store:
+        """The store ``settings`` name, with their lease and retry durations; with
+        ``existing``, as :meth:`open_existing` opens it (never created or migrated)."""
+        if existing:
+            return cls.open_existing(
+                settings.database_url,
+                lease_seconds=settings.lease_seconds,
+                retry_seconds=settings.storage_retry_seconds,
+            )
         return cls.open(
             settings.database_url,
             migrate=migrate,
             lease_seconds=settings.lease_seconds,
             retry_seconds=settings.storage_retry_seconds,
         )
+
+    @property
+    def location(self) -> str:
+        """The store's URL with its password masked, for messages."""
+        return masked_url(str(self.engine.url))
 
     # -- transactions --------------------------------------------------------------------
 
@@ -734,6 +810,12 @@ class Store:
         """The run's state and task counts, without its graph and inputs: cheap to poll."""
         return self._transaction(lambda conn: reads.get_progress(conn, run_id), read=True)
 
+    def run_ids_starting(self, prefix: str, *, limit: int) -> list[str]:
+        """Up to ``limit`` ids of runs that start with ``prefix``, in order (an index range)."""
+        return self._transaction(
+            lambda conn: reads.run_ids_starting(conn, prefix, limit=limit), read=True
+        )
+
     def list_runs(
         self, *, status: str | None = None, name: str | None = None, limit: int = 50
     ) -> list[RunRecord]:
@@ -755,6 +837,15 @@ class Store:
             return progress, reads.get_finished(conn, run_id, since)
 
         return self._transaction(work, read=True)
+
+    def get_run_statuses(self, run_id: str) -> tuple[RunRecord, dict[str, TaskStatus]]:
+        """A run and its tasks' states, attempts and errors, read in one transaction: what
+        drawing its graph needs (no params, results or attempts' rows)."""
+
+        def read(conn: Connection) -> tuple[RunRecord, dict[str, TaskStatus]]:
+            return reads.get_run(conn, run_id), reads.get_task_statuses(conn, run_id)
+
+        return self._transaction(read, read=True)
 
     def get_events(self, run_id: str) -> list[EventRecord]:
         return self._transaction(lambda conn: reads.get_events(conn, run_id), read=True)
