@@ -26,7 +26,9 @@ from gleitzeit.errors import (
 )
 from gleitzeit.graph import FORMATS as GRAPH_FORMATS
 from gleitzeit.graph import check_format
+from gleitzeit.health import CHECKS, check_health
 from gleitzeit.loading import import_modules, load_workflow
+from gleitzeit.metrics import serve_metrics
 from gleitzeit.resolver import DependencyResolver
 from gleitzeit.settings import Settings
 from gleitzeit.states import FINAL_RUN_STATES, RunState
@@ -616,6 +618,48 @@ def _reach(app: Any, settings: Settings) -> list[Finding]:
     for finding in found:
         click.echo(str(finding))
     return found
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Print every check as JSON.")
+@click.option(
+    "--check",
+    "only",
+    multiple=True,
+    type=click.Choice(CHECKS),
+    help="Check only this part (repeatable); every part by default.",
+)
+@click.option("--worker", help="The workers check asks for this worker (its Celery hostname).")
+def health(as_json: bool, only: Sequence[str], worker: str | None) -> None:
+    """Is the deployment well? Store and schema, broker, reconciler, workers (exit 0/1)."""
+    found = check_health(Settings.from_env(), only=only or None, worker=worker)
+    if as_json:
+        _print_json(found.to_dict())
+    else:
+        for part in found.checks:
+            state = "ok  " if part.ok else "FAIL"
+            click.echo(f"{state} {part.name:<10} {part.seconds * 1000:7.1f} ms  {part.detail}")
+    if not found.ok:
+        sys.exit(1)
+
+
+@main.command()
+@click.option("--port", type=int, default=9808, show_default=True, help="Port to serve on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+def metrics(port: int, host: str) -> None:
+    """Serve the deployment's Prometheus metrics, read from the store at each scrape."""
+    settings = Settings.from_env()
+    try:
+        server = serve_metrics(settings, host=host, port=port)
+    except OSError as exc:
+        raise click.ClickException(
+            f"cannot listen on {host}:{port}: {exc.strerror or exc}"
+        ) from exc
+    click.echo(f"serving metrics on http://{host}:{server.port}/metrics", err=True)
+    try:
+        server.wait()
+    except KeyboardInterrupt:
+        server.stop()
 
 
 @main.group()

@@ -38,6 +38,7 @@ from tenacity import (
 
 from gleitzeit.crashpoints import crash_point
 from gleitzeit.errors import DispatchFailure, StorageFailure
+from gleitzeit.process_metrics import PUBLISH_BATCH, BreakerStates, show_breaker_state
 from gleitzeit.store import Dispatch, Store
 from gleitzeit.store.records import Published
 
@@ -68,7 +69,9 @@ def breaker_for(broker_url: str, *, reset_seconds: float = 30.0) -> pybreaker.Ci
             # only a broker that cannot be reached counts; a bad message is not its fault
             exclude=[lambda exc: not isinstance(exc, _TRANSIENT)],
             name=f"broker {broker_url}",
+            listeners=[BreakerStates()],
         )
+        show_breaker_state(str(breaker.current_state))
     return breaker
 
 
@@ -222,6 +225,7 @@ class Dispatcher:
         if not claimed:
             return []
         crash_point("after_claim_commit")
+        PUBLISH_BATCH.observe(len(claimed))
         published: list[Published] = []
         retrying = Retrying(
             retry=retry_if_exception_type(_TRANSIENT),

@@ -14,6 +14,8 @@ Beat runs a round every ``reconcile_interval`` seconds (``gleitzeit.reconcile``)
 from __future__ import annotations
 
 import logging
+import os
+import socket
 from collections import Counter
 from dataclasses import dataclass, field
 
@@ -62,14 +64,19 @@ class Reconciler:
         repaired then, and the next round tries again.
         """
         done = Reconciled()
-        for stuck in self.store.find_stuck(
+        found = self.store.find_stuck(
             republish_after=self.settings.republish_after,
             dispatch_timeout=self.settings.dispatch_timeout,
             stall_timeout=self.settings.stall_timeout,
-        ):
+        )
+        for stuck in found:
             self._repair(stuck, done)
         if done.applied or done.set_aside:
             log.info("reconciled: %s", done)
+        # the heartbeat health checks and metrics read: the pass ran, what it found and did
+        self.store.record_reconcile_pass(
+            dict(done.applied), len(found), host=socket.gethostname(), pid=os.getpid()
+        )
         return done
 
     def _repair(self, stuck: StuckRun, done: Reconciled) -> None:

@@ -51,6 +51,17 @@ class Settings:
     schedule_interval: float = 5.0
     #: slots a schedule with catchup fires per tick at most, oldest first
     schedule_catchup_limit: int = 100
+    #: how often a worker marks itself seen in the store; ``gleitzeit health`` counts a
+    #: worker unseen for three of these as gone
+    worker_heartbeat_interval: float = 10.0
+    #: the metrics exporter reads rows recorded at least this long ago, so that a scrape
+    #: never passes over a transaction that commits after it (a ledger mark is stamped
+    #: with when its message went out, a fraction of a second before it is written)
+    metrics_settle_seconds: float = 5.0
+    #: a worker serves its process-local metrics (its circuit breaker, its publish sizes)
+    #: on this port of the loopback; 0: it does not. Under the prefork pool set
+    #: ``PROMETHEUS_MULTIPROC_DIR`` too (see :mod:`gleitzeit.process_metrics`)
+    worker_metrics_port: int = 0
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -20,10 +20,12 @@ from typing import Any
 from celery import Celery, signals
 from celery.exceptions import Reject
 
+from gleitzeit import process_metrics
 from gleitzeit.checks import check_app
 from gleitzeit.dispatch import EXECUTE_TASK, Dispatcher
 from gleitzeit.errors import StorageFailure
 from gleitzeit.executor import Executor
+from gleitzeit.presence import WorkerPresence, task_names
 from gleitzeit.reconcile import Reconciler
 from gleitzeit.scheduler import Scheduler
 from gleitzeit.settings import Settings
@@ -187,11 +189,45 @@ def _warn_about_settings(sender: Any = None, **_: Any) -> None:
         log.log(finding.log_level, "gleitzeit: %s", finding)
 
 
+_presences: list[WorkerPresence] = []
+
+
+@signals.worker_ready.connect  # type: ignore[untyped-decorator]
+def _register_worker(sender: Any = None, **_: Any) -> None:
+    """A started worker registers in the store and a thread marks it seen from then on."""
+    app = getattr(sender, "app", None)
+    if app is None or EXECUTE_TASK not in app.tasks:
+        return
+    settings = settings_of(app)
+    try:
+        store = Store.from_settings(settings)
+    except StorageFailure as exc:
+        log.warning("gleitzeit: worker presence off, no store: %s", exc)
+        return
+    presence = WorkerPresence(
+        store,
+        str(sender.hostname),
+        task_names(app.tasks),
+        interval=settings.worker_heartbeat_interval,
+    )
+    presence.start()
+    _presences.append(presence)
+    if settings.worker_metrics_port:
+        process_metrics.serve(settings.worker_metrics_port)
+
+
+@signals.worker_shutdown.connect  # type: ignore[untyped-decorator]
+def _stop_presence(**_: Any) -> None:
+    while _presences:
+        _presences.pop().stop()
+
+
 @signals.worker_process_shutdown.connect  # type: ignore[untyped-decorator]
 def _mark_published(**_: Any) -> None:
     """A pool process that stops marks what it published before it goes."""
     for executor in _executors.values():
         executor.marks.flush()
+    process_metrics.process_gone(os.getpid())
 
 
 def create_app(settings: Settings | None = None, *, main: str = "gleitzeit") -> Celery:

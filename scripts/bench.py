@@ -2,7 +2,7 @@
 
     .venv/bin/python scripts/bench.py [--store sqlite|postgresql|both] [--repeat 3]
         [--shapes wide,chain,layered,fanin,random500,random,many,latency,resolver] [--scale 1.0]
-        [--json bench-results.json] [--postgres-url URL] [--seed 42]
+        [--json bench-results.json] [--postgres-url URL] [--seed 42] [--metrics]
 
 Needs ``redis-server`` on PATH and, for the Celery-side DAG contender, ``celery-dyrygent``
 (``pip install celery-dyrygent``; without it those rows say "n/a" and why). The PostgreSQL store
@@ -10,6 +10,9 @@ uses ``--postgres-url`` or ``GLEITZEIT_TEST_POSTGRES_URL`` (e.g.
 ``postgresql://postgres@127.0.0.1:5432/test``): gleitzeit's tables in that database are reused
 (created there if missing) and the rows of every run made here are deleted at the end. The SQLite
 store is a new file in a temporary directory. ``--scale 0.1`` shrinks every size for a quick run.
+``--metrics`` measures with metrics on: ``gleitzeit metrics`` runs in a process of its own and
+the worker serves its own figures (``PROMETHEUS_MULTIPROC_DIR``), both scraped every
+``--scrape-interval`` seconds (1 s, harsher than Prometheus' usual 15 s) throughout.
 
 Setup, the same for every contender: a private redis-server on a free loopback port (db 0 the
 broker, db 1 Celery's result backend, set with ``CELERY_RESULT_BACKEND`` in the environment) and,
@@ -97,11 +100,15 @@ import json
 import os
 import platform
 import random
+import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
+import threading
 import time
 import traceback
+import urllib.request
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import metadata
@@ -130,7 +137,7 @@ from gleitzeit.store.tables import (  # noqa: E402
 )
 from gleitzeit.worker import create_app  # noqa: E402
 from scripts import bench_tasks as bt  # noqa: E402
-from tests.services import CeleryWorker, RedisServer  # noqa: E402
+from tests.services import CeleryWorker, RedisServer, free_port, wait_until  # noqa: E402
 
 POSTGRES_ENV = "GLEITZEIT_TEST_POSTGRES_URL"
 TASKS_MODULE = "scripts.bench_tasks"
@@ -940,13 +947,17 @@ def open_session(
     url = database_url(store, workdir, args)
     settings = Settings(database_url=url, broker_url=redis.url)
     Store.open(url)  # migrate here once, not racing in the worker's children
+    env = {"CELERY_RESULT_BACKEND": redis.url_for(1), bt.COUNT_SQL_ENV: "1"}
+    scraped: list[int] = []
+    if args.metrics:
+        env.update(worker_metrics_env(workdir))
     worker = CeleryWorker.start(
         broker_url=redis.url,
         database_url=url,
         log_dir=workdir,
         include=(TASKS_MODULE,),
         concurrency=CONCURRENCY,
-        env={"CELERY_RESULT_BACKEND": redis.url_for(1), bt.COUNT_SQL_ENV: "1"},
+        env=env,
     )
     app = create_app(settings, main="bench-caller")
     # celery-dyrygent and shared tasks resolve through the default app
@@ -955,13 +966,80 @@ def open_session(
     try:
         worker.wait_ready(timeout=60)
         print(f"[{store}] worker pid {worker.pid}, log {worker.log_path}", flush=True)
-        yield session
+        with contextlib.ExitStack() as metrics:
+            if args.metrics:
+                ports = [metrics.enter_context(exporter(url, workdir)), int(env[WORKER_PORT_ENV])]
+                metrics.enter_context(scraping(ports, args.scrape_interval, scraped))
+            yield session
     finally:
+        if args.metrics:
+            log(session, f"{len(scraped)} scrapes of the exporter and the worker")
         worker.stop()
         report_worker_errors(session)
         if store == "postgresql" and session.created_runs:
             delete_runs(session.client.store, session.created_runs)
         app.close()
+
+
+# ------------------------------------------------------------------------------- --metrics
+
+WORKER_PORT_ENV = "GLEITZEIT_WORKER_METRICS_PORT"
+GLEITZEIT_CLI = shutil.which("gleitzeit", path=str(Path(sys.executable).parent)) or "gleitzeit"
+
+
+def worker_metrics_env(workdir: Path) -> dict[str, str]:
+    """The worker serves its own figures, summed over its pool (multiprocess mode)."""
+    folder = workdir / "prometheus"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir()
+    return {"PROMETHEUS_MULTIPROC_DIR": str(folder), WORKER_PORT_ENV: str(free_port())}
+
+
+@contextlib.contextmanager
+def exporter(url: str, workdir: Path) -> Iterator[int]:
+    """``gleitzeit metrics`` over the store, in a process of its own; yields its port."""
+    port = free_port()
+    env = {**os.environ, "GLEITZEIT_DATABASE_URL": url}
+    with (workdir / "exporter.log").open("wb") as out:
+        process = subprocess.Popen(
+            [GLEITZEIT_CLI, "metrics", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        wait_until(lambda: _scrape(port), timeout=60, message="gleitzeit metrics never answered")
+        yield port
+    finally:
+        process.kill()
+        process.wait()
+
+
+def _scrape(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            answer.read()
+    except OSError:
+        return False
+    return True
+
+
+@contextlib.contextmanager
+def scraping(ports: Sequence[int], interval: float, scraped: list[int]) -> Iterator[None]:
+    """Scrape every port every ``interval`` seconds, as Prometheus would, until the end."""
+    stop = threading.Event()
+
+    def scrape_all() -> None:
+        while not stop.wait(interval):
+            scraped.extend(port for port in ports if _scrape(port))
+
+    thread = threading.Thread(target=scrape_all, name="bench-scraper", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
 
 
 def report_worker_errors(session: Session) -> None:
@@ -1137,6 +1215,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--poll", type=float, default=0.05, help="seconds between result checks, for every caller"
     )
     parser.add_argument("--workdir", type=Path, help="keep logs and the SQLite store here")
+    parser.add_argument(
+        "--metrics",
+        action="store_true",
+        help="metrics on: gleitzeit metrics and the worker's own endpoint, scraped throughout",
+    )
+    parser.add_argument(
+        "--scrape-interval", type=float, default=1.0, help="seconds between scrapes (--metrics)"
+    )
     return parser.parse_args(argv)
 
 

@@ -150,3 +150,38 @@ def test_workers_and_beat_start_after_a_successful_migration(name: str) -> None:
 
     assert dependencies["migrate"].get("condition") == "service_completed_successfully"
     assert dependencies["postgres"].get("condition") == "service_healthy"
+
+
+def _healthcheck_argv(service: dict[str, Any]) -> list[str]:
+    test = service["healthcheck"]["test"]
+    if isinstance(test, str):
+        return shlex.split(test)
+    kind, *rest = test
+    if kind == "CMD-SHELL":
+        # the shell expands variables; compose turns $$ into $ before
+        return shlex.split(" ".join(rest).replace("$$", "$"))
+    assert kind == "CMD", f"healthcheck test {test!r} is neither CMD nor CMD-SHELL"
+    return [str(word) for word in rest]
+
+
+@pytest.mark.parametrize(("name", "part"), [("worker", "workers"), ("beat", "reconciler")])
+def test_workers_and_beat_are_checked_by_gleitzeit_health(name: str, part: str) -> None:
+    from gleitzeit.cli import health
+
+    argv = _healthcheck_argv(SERVICES[name])
+
+    assert argv[:2] == ["gleitzeit", "health"], f"service {name!r} is not checked by it"
+    # parsed as the command would parse it: every option and value exists
+    ctx = health.make_context("health", argv[2:])
+    assert set(ctx.params["only"]) == {"store", "broker", part}
+    if name == "worker":
+        assert ctx.params["worker"] == "celery@${HOSTNAME}"
+    assert SERVICES[name]["healthcheck"]["start_period"]
+
+
+def test_the_deployment_has_one_metrics_endpoint() -> None:
+    (name,) = [n for n in CLI_SERVICES if _argv(SERVICES[n])[1:2] == ["metrics"]]
+    argv = _argv(SERVICES[name])
+
+    assert _option_values(argv, "--port", "--port") == ["9808"]
+    assert SERVICES[name]["ports"] == ["127.0.0.1:9808:9808"]

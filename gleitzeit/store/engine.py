@@ -49,6 +49,17 @@ def is_sqlite(url: str) -> bool:
     return make_url(url).get_backend_name() == "sqlite"
 
 
+def sqlite_file_missing(url: str) -> str | None:
+    """The path of the SQLite file ``url`` names when it is not there, else ``None``
+    (opening it would make an empty one: a health check or a scrape must not)."""
+    if not is_sqlite(url):
+        return None
+    database = make_url(url).database
+    if database and database != ":memory:" and not os.path.isfile(database):
+        return database
+    return None
+
+
 def masked_url(url: str) -> str:
     """``url`` fit to print: its password replaced by ``***``."""
     try:

@@ -36,6 +36,7 @@ from gleitzeit.store import (
     control,
     direct,
     failures,
+    processes,
     reads,
     recovery,
     schedules,
@@ -678,6 +679,32 @@ class Store:
                 conn, run_id, error, max_failures=max_failures, backoff=backoff
             )
         )
+
+    # -- processes -----------------------------------------------------------------------
+
+    def register_process(
+        self, name: str, kind: str, *, host: str | None, pid: int | None, tasks: list[str]
+    ) -> None:
+        """Record that the process ``name`` (a worker's hostname) started, seen now."""
+        self._transaction(lambda conn: processes.register(conn, name, kind, host, pid, tasks))
+
+    def process_seen(self, name: str) -> bool:
+        """Mark ``name`` seen now; ``False`` when it never registered (or was removed)."""
+        return self._transaction(lambda conn: processes.seen(conn, name))
+
+    def record_reconcile_pass(
+        self, applied: dict[str, int], stuck: int, *, host: str | None, pid: int | None
+    ) -> None:
+        """A reconciler pass ended: the reconciler is seen, its repair counts grow."""
+        self._transaction(lambda conn: processes.reconciled(conn, host, pid, applied, stuck))
+
+    def get_processes(self, kind: str | None = None) -> list[processes.ProcessRecord]:
+        """The processes the store has seen (of ``kind``), with their age by its clock."""
+        return self._transaction(lambda conn: processes.read(conn, kind), read=True)
+
+    def read_only(self, work: Callable[[Connection], T]) -> T:
+        """``work`` in one read-only transaction (the metrics exporter's reads)."""
+        return self._transaction(work, read=True)
 
     # -- run control ---------------------------------------------------------------------
 

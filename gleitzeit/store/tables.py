@@ -24,6 +24,7 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     or_,
+    text,
     update,
 )
 from sqlalchemy.ext.compiler import compiles
@@ -165,6 +166,14 @@ attempts = Table(
     Column("traceback", Text, nullable=True),
     Column("started_at", Float, nullable=False),
     Column("finished_at", Float, nullable=True),
+    # the metrics exporter reads the attempts ended since its last scrape (0009); partial:
+    # an attempt's start inserts no entry, only its end does (one index write per attempt)
+    Index(
+        "ix_gz_attempts_finished",
+        "finished_at",
+        sqlite_where=text("finished_at IS NOT NULL"),
+        postgresql_where=text("finished_at IS NOT NULL"),
+    ),
 )
 
 # The dispatch ledger and outbox: one row per (run, task, attempt), written in the
@@ -199,6 +208,25 @@ events = Table(
     Column("created_at", Float, nullable=False),
     UniqueConstraint("run_id", "key", name="uq_gz_events_run_key"),
     Index("ix_gz_events_run_id", "run_id", "id"),
+)
+
+#: the processes of a deployment, each as it was last seen: one row per worker (by its
+#: Celery hostname) and one for the reconciler; health checks and metrics read them (0009)
+processes = Table(
+    "gz_processes",
+    metadata,
+    Column("name", String(255), primary_key=True),
+    #: ``worker`` or ``reconciler``
+    Column("kind", String(16), nullable=False),
+    Column("host", String(255), nullable=True),
+    Column("pid", Integer, nullable=True),
+    # a worker's registered task names (JSON list)
+    Column("tasks", Text, nullable=True),
+    # the reconciler's counts (JSON object): its repairs by kind, stuck runs of its last pass
+    Column("details", Text, nullable=True),
+    Column("started_at", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Index("ix_gz_processes_kind_seen", "kind", "last_seen"),
 )
 
 #: schedules (``client.schedule``): a workflow, in its data form, fired at the slots of a
